@@ -1,0 +1,181 @@
+"""Every error a user can cause, under one root.
+
+``str(err)`` is the single line the CLI prints (``error: <message>``); ``exit_code`` is the process exit
+status the CLI uses (DESIGN.md §6). Facts are kept as attributes so callers never parse messages.
+
+Exit codes: 1 other · 2 usage · 3 malformed input · 4 integrity refused · 5 refused for safety ·
+6 Hub or network · 7 evaluation refused or unreliable.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class RwsError(Exception):
+    """Root of all rws errors."""
+
+    exit_code: int = 1
+
+
+# --- usage (2) ---------------------------------------------------------------------------------
+
+
+class UsageError(RwsError, ValueError):
+    """A bad option or argument value (range, syntax, combination)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """A name looked up in a registry (codec, method, model, corruption, attack) does not exist."""
+
+    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
+        self.kind, self.name, self.choices = kind, name, list(choices)
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}")
+
+
+class OutputPathError(UsageError):
+    """The output path would overwrite an input, or cannot be written."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {reason}")
+
+
+# --- files (1) and malformed input (3) ---------------------------------------------------------
+
+
+class InputFileError(RwsError, OSError):
+    """A file or folder that does not exist or cannot be read."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {reason}")
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
+        return self.args[0]
+
+
+class MalformedInputError(RwsError):
+    """An input whose bytes are not what its format promises."""
+
+    exit_code = 3
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CheckpointError(MalformedInputError):
+    """A checkpoint that cannot be read as a flat mapping of named tensors."""
+
+
+class PatchFormatError(MalformedInputError):
+    """A patch file whose layout or metadata breaks the rws patch format."""
+
+
+class FormatVersionError(PatchFormatError):
+    """A patch written by an incompatible (newer major) format version."""
+
+
+class CodecError(RwsError):
+    """A tensor a codec cannot encode, or encoded data it cannot decode."""
+
+    exit_code = 3
+
+    def __init__(self, tensor: str, reason: str) -> None:
+        self.tensor = tensor
+        super().__init__(f"tensor {tensor!r}: {reason}")
+
+
+# --- integrity (4) -----------------------------------------------------------------------------
+
+
+class IntegrityError(RwsError):
+    """An operation refused because its inputs do not belong together."""
+
+    exit_code = 4
+
+
+class MissingTensorError(IntegrityError, KeyError):
+    """A patch names a tensor the target does not have."""
+
+    def __init__(self, tensor: str, where: str, hint: str = "") -> None:
+        self.tensor, self.where = tensor, where
+        msg = f"tensor {tensor!r} is missing from {where}"
+        super().__init__(msg + (f"; {hint}" if hint else ""))
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class ShapeMismatchError(IntegrityError):
+    """A delta whose shape differs from the tensor it patches."""
+
+    def __init__(self, tensor: str, expected: tuple[int, ...], found: tuple[int, ...]) -> None:
+        self.tensor, self.expected, self.found = tensor, tuple(expected), tuple(found)
+        super().__init__(
+            f"tensor {tensor!r}: patch expects shape {list(self.expected)}, "
+            f"target has {list(self.found)}; the patch was made for another architecture"
+        )
+
+
+class BaseMismatchError(IntegrityError):
+    """The target tensor is not the one the patch was extracted against."""
+
+    def __init__(self, where: str, tensor: str, expected: str, found: str) -> None:
+        self.where, self.tensor, self.expected, self.found = where, tensor, expected, found
+        super().__init__(
+            f"{where}: tensor {tensor!r} differs from the base the patch was extracted against "
+            f"(sha256 {found[:12]}… != {expected[:12]}…); pass --force (force=True) to apply anyway"
+        )
+
+
+class NonFiniteError(IntegrityError):
+    """NaN or Inf in a delta or in a patched result."""
+
+    def __init__(self, tensor: str, where: str) -> None:
+        self.tensor, self.where = tensor, where
+        super().__init__(f"tensor {tensor!r}: {where} contains NaN or Inf values")
+
+
+class NotAppliedError(IntegrityError):
+    """Removing a patch that the checkpoint's applied stack does not contain."""
+
+    def __init__(self, path: str, patch: str, stack: list[str]) -> None:
+        self.path, self.patch, self.stack = path, patch, list(stack)
+        applied = ", ".join(stack) if stack else "nothing"
+        super().__init__(
+            f"{path}: patch {patch} is not in its applied stack (applied: {applied}); "
+            "pass --force (force=True) to subtract it anyway"
+        )
+
+
+# --- safety (5) --------------------------------------------------------------------------------
+
+
+class UnsafeInputError(RwsError):
+    """Refused for safety: a pickle ``weights_only`` rejects, or a torch too old to load it safely."""
+
+    exit_code = 5
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {reason}")
+
+
+# --- hub (6) and evaluation (7) ----------------------------------------------------------------
+
+
+class HubError(RwsError):
+    """A Hugging Face Hub or network failure."""
+
+    exit_code = 6
+
+
+class EvaluationError(RwsError):
+    """An evaluation that was refused or judged unreliable."""
+
+    exit_code = 7

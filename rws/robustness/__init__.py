@@ -1,0 +1,1 @@
+"""Robustness evaluation: corruption kernels, adversarial attacks, before/after evaluation."""
