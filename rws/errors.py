@@ -1,7 +1,7 @@
 """Every error a user can cause, under one root.
 
-``str(err)`` is the single line the CLI prints (``error: <message>``); ``exit_code`` is the process exit
-status the CLI uses (DESIGN.md §6). Facts are kept as attributes so callers never parse messages.
+``str(err)`` is the single line the CLI prints (``error: <message>``); ``exit_code`` is the process
+exit status the CLI uses (DESIGN.md §6). Facts are kept as attributes so callers never parse messages.
 
 Exit codes: 1 other · 2 usage · 3 malformed input · 4 integrity refused · 5 refused for safety ·
 6 Hub or network · 7 evaluation refused or unreliable.
@@ -157,7 +157,7 @@ class NotAppliedError(IntegrityError):
 
 
 class UnsafeInputError(RwsError):
-    """Refused for safety: a pickle ``weights_only`` rejects, or a torch too old to load it safely."""
+    """Refused for safety: a pickle ``weights_only`` rejects, or a torch too old to load safely."""
 
     exit_code = 5
 

@@ -35,7 +35,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, name: str, obj: T, *, summary: str = "", url: str = "", **info: Any) -> T:
-        """Register ``obj`` under ``name``; raises ``ValueError`` on a duplicate (a programming bug)."""
+        """Register ``obj`` under ``name``; a duplicate raises ``ValueError`` (a programming bug)."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = Entry(name, obj, summary, url, dict(info))

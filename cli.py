@@ -1,0 +1,5 @@
+"""Run the rws CLI from a checkout: ``python cli.py …``."""
+
+from rws.cli import app
+
+app(prog_name="rws")

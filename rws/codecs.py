@@ -1,0 +1,209 @@
+"""Delta codecs: how one float32 delta is stored as plain safetensors tensors and decoded back.
+
+Every codec stores plain tensors under ``NAME`` (float codecs) or ``NAME::<suffix>`` (quantized
+codecs), so a file holds no pickle and decoding reproduces bit for bit what was measured when
+encoding.
+
+- ``fp32`` / ``fp16`` / ``bf16``: the delta cast to that dtype.
+- ``int8``: blockwise absmax, written in torch: ``q = round(127·x/absmax_block)``; per block one
+  float32 scale. No extra dependency. (Beats bitsandbytes' 8-bit dynamic map on deltas: see
+  ``benchmarks/bench_size.py``.)
+- ``nf4`` / ``fp4``: bitsandbytes 4-bit blockwise; the ``QuantState`` is stored packed as tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from rws.errors import CodecError, UsageError
+from rws.registry import Registry
+
+SEP = "::"
+DEFAULT_BLOCKSIZE = 64
+
+
+@dataclass
+class Encoded:
+    """One tensor's encoded form: stored tensors by suffix (``""``: stored under the name)."""
+
+    codec: str
+    tensors: dict[str, torch.Tensor]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Bytes the stored tensors take."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Codec(Protocol):
+    """Encode a float32 delta into stored tensors; decode them back to float32."""
+
+    suffixes: tuple[str, ...]
+
+    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded: ...
+
+    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor: ...
+
+
+CODECS: Registry[Codec] = Registry("codec")
+
+
+class FloatCodec:
+    """Store the delta cast to a float dtype."""
+
+    suffixes = ("",)
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name, self.dtype = name, dtype
+
+    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
+        return Encoded(self.name, {"": x.to(self.dtype).contiguous()})
+
+    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        t = _part(name, enc, "")
+        if t.dtype != self.dtype:
+            raise CodecError(name, f"{self.name} data stored as {t.dtype}")
+        return t.to(torch.float32).reshape(shape)
+
+
+class Int8AbsmaxCodec:
+    """Blockwise absmax int8: one float32 scale per ``blocksize`` consecutive elements."""
+
+    suffixes = ("q", "absmax")
+    name = "int8"
+
+    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
+        flat = x.reshape(-1).to(torch.float32)
+        n = flat.numel()
+        blocks = F.pad(flat, (0, (-n) % blocksize)).view(-1, blocksize)  # (nblocks, blocksize)
+        absmax = blocks.abs().amax(dim=1)
+        safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+        q = torch.round(blocks * (127.0 / safe)[:, None]).clamp_(-127, 127).to(torch.int8)
+        return Encoded(
+            self.name,
+            {"q": q.reshape(-1)[:n].contiguous(), "absmax": absmax.contiguous()},
+            {"blocksize": blocksize},
+        )
+
+    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        q, absmax = _part(name, enc, "q"), _part(name, enc, "absmax")
+        bs = int(enc.params.get("blocksize", 0))
+        n = q.numel()
+        if q.dtype != torch.int8 or absmax.dtype != torch.float32 or bs <= 0:
+            raise CodecError(name, "int8 data has the wrong dtypes or no blocksize")
+        if absmax.numel() != -(-n // bs) or n != _numel(shape):
+            raise CodecError(name, f"int8 data holds {n} values / {absmax.numel()} scales")
+        blocks = F.pad(q.to(torch.float32), (0, (-n) % bs)).view(-1, bs)
+        out = blocks * (absmax / 127.0)[:, None]
+        return out.reshape(-1)[:n].reshape(shape)
+
+
+class BnbFourBitCodec:
+    """bitsandbytes 4-bit blockwise (``nf4`` or ``fp4``), state stored as packed tensors."""
+
+    def __init__(self, quant_type: str) -> None:
+        self.name = self.quant_type = quant_type
+        self._state_key = f"quant_state.bitsandbytes__{quant_type}"
+        self.suffixes = ("q", "absmax", "quant_map", "state")
+
+    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
+        bnbf = _bitsandbytes()
+        flat = x.reshape(-1).to(torch.float32).contiguous()
+        try:
+            q, state = bnbf.quantize_4bit(flat, blocksize=blocksize, quant_type=self.quant_type)
+        except (ValueError, AssertionError, RuntimeError) as err:
+            raise UsageError(f"tensor {name!r}: {self.name} cannot encode it ({err})") from None
+        parts = state.as_dict(packed=True)
+        stored = {
+            "q": q.reshape(-1).contiguous(),
+            "absmax": parts["absmax"].contiguous(),
+            "quant_map": parts["quant_map"].contiguous(),
+            "state": parts[self._state_key].contiguous(),
+        }
+        return Encoded(self.name, stored, {"blocksize": blocksize})
+
+    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        bnbf = _bitsandbytes()
+        q = _part(name, enc, "q")
+        qs = {
+            "absmax": _part(name, enc, "absmax"),
+            "quant_map": _part(name, enc, "quant_map"),
+            self._state_key: _part(name, enc, "state"),
+        }
+        try:
+            state = bnbf.QuantState.from_dict(qs, device=torch.device("cpu"))
+            out = bnbf.dequantize_4bit(q.reshape(-1, 1), state)
+        except Exception as err:  # bitsandbytes raises assorted types on malformed state
+            raise CodecError(name, f"{self.name} data cannot be decoded ({err})") from None
+        if out.numel() != _numel(shape):
+            raise CodecError(name, f"{self.name} data decodes to {out.numel()} values")
+        return out.to(torch.float32).reshape(shape)
+
+
+def _bitsandbytes() -> Any:
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes.functional as bnbf
+
+    return bnbf
+
+
+def _part(name: str, enc: Encoded, suffix: str) -> torch.Tensor:
+    try:
+        return enc.tensors[suffix]
+    except KeyError:
+        key = name + (SEP + suffix if suffix else "")
+        raise CodecError(name, f"{enc.codec} data lacks stored tensor {key!r}") from None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+CODECS.add("fp32", FloatCodec("fp32", torch.float32), summary="float32 delta (exact)")
+CODECS.add("fp16", FloatCodec("fp16", torch.float16), summary="float16 delta")
+CODECS.add("bf16", FloatCodec("bf16", torch.bfloat16), summary="bfloat16 delta")
+CODECS.add("int8", Int8AbsmaxCodec(), summary="blockwise absmax int8 (torch)")
+CODECS.add("nf4", BnbFourBitCodec("nf4"), summary="4-bit NormalFloat, blockwise (bitsandbytes)")
+CODECS.add("fp4", BnbFourBitCodec("fp4"), summary="4-bit float, blockwise (bitsandbytes)")
+
+
+def list_codecs() -> list[str]:
+    """Names of the registered codecs."""
+    return CODECS.names()
+
+
+def encode(
+    name: str, x: torch.Tensor, codec: str = "fp32", *, blocksize: int = DEFAULT_BLOCKSIZE
+) -> Encoded:
+    """Encode one delta tensor and record its relative reconstruction error in ``params``.
+
+    Example:
+        >>> enc = encode("w", torch.randn(8, 8), "int8")
+        >>> enc.params["rel_error"] < 0.01
+        True
+    """
+    if blocksize < 16 or blocksize & (blocksize - 1):
+        raise UsageError(f"blocksize {blocksize} must be a power of two >= 16")
+    impl = CODECS.get(codec)
+    x32 = x.detach().to("cpu", torch.float32)
+    enc = impl.encode(name, x32, blocksize)
+    if codec != "fp32":
+        back = impl.decode(name, enc, tuple(x32.shape))
+        norm = float(x32.norm())
+        enc.params["rel_error"] = float((back - x32).norm()) / norm if norm > 0 else 0.0
+    else:
+        enc.params["rel_error"] = 0.0
+    return enc
+
+
+def decode(name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+    """Decode one stored tensor back to a float32 delta of ``shape``."""
+    return CODECS.get(enc.codec).decode(name, enc, tuple(shape))
