@@ -207,9 +207,12 @@ class PickleCheckpoint(MemoryCheckpoint):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise UnsafeInputError(
-                p, f"refused: the pickle needs more than plain tensors ({_first_line(err)})"
-            ) from None
+            detail = _unpickling_detail(err)
+            if "global" in detail.lower():  # torch names the blocked import: code, not data
+                raise UnsafeInputError(
+                    p, f"refused: the pickle needs more than plain tensors ({detail})"
+                ) from None
+            raise CheckpointError(p, f"not a readable torch checkpoint ({detail})") from None
         except (RuntimeError, EOFError, IndexError, ValueError, struct.error, OSError) as err:
             raise CheckpointError(p, f"not a readable torch checkpoint ({_oneline(err)})") from None
         super().__init__(_unwrap_state_dict(obj, p), path=p)
@@ -274,9 +277,12 @@ def _read_header(path: str) -> dict[str, Any]:
     return header
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+def _unpickling_detail(err: BaseException) -> str:
+    """The informative line of torch's multi-paragraph ``weights_only`` error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    boiler = ("Please file an issue", "Check the documentation", "WeightsUnpickler error")
+    detail = [ln for ln in lines[1:] if not ln.startswith(boiler)]
+    return (detail[0] if detail else lines[0] if lines else type(err).__name__)[:200]
 
 
 def _oneline(err: BaseException) -> str:

@@ -1,5 +1,63 @@
-"""Datasets: the built-in digits; more sources resolve through :func:`load_dataset`."""
+"""Datasets: the built-in digits, local CIFAR-10/100 and image folders, and the CIFAR-10-C arrays.
 
-from rws.data.digits import ImageDataset, Split, load_digits
+Every source returns float32 images ``(N, 3, H, W)`` in [0, 1] and int64 labels, in fixed
+train / validation / test splits.
+"""
 
-__all__ = ["ImageDataset", "Split", "load_digits"]
+from __future__ import annotations
+
+from rws.data.cifar import load_cifar, load_cifar10, load_cifar100
+from rws.data.cifar_c import cifar_c_corruptions, load_cifar_c
+from rws.data.digits import load_digits
+from rws.data.folder import load_image_folder
+from rws.data.types import ImageDataset, Split
+from rws.errors import UnknownNameError, UsageError
+
+DATASET_SPECS = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
+
+
+def load_dataset(spec: str, *, size: int | None = None) -> ImageDataset:
+    """Load the dataset a spec names.
+
+    Args:
+        spec: ``digits`` (built in), ``cifar10:DIR``, ``cifar100:DIR`` (python-version folders) or
+            ``folder:DIR`` (one sub-folder per class).
+        size: image side; ``None`` means 32 (digits, folders) or the stored size (CIFAR).
+
+    Returns:
+        The dataset with fixed train / val / test splits.
+
+    Raises:
+        UnknownNameError: an unknown source (the message lists the specs).
+        UsageError: a source given without its directory, or ``digits`` given one.
+
+    Example:
+        >>> data = load_dataset("digits")
+    """
+    kind, sep, arg = spec.partition(":")
+    if kind == "digits":
+        if sep:
+            raise UsageError(f"dataset {spec!r}: 'digits' is built in and takes no directory")
+        return load_digits(32 if size is None else size)
+    if kind in ("cifar10", "cifar100", "folder"):
+        if not arg:
+            raise UsageError(f"dataset {spec!r}: give a directory, as in {kind}:path/to/{kind}")
+        if kind == "folder":
+            return load_image_folder(arg, size=32 if size is None else size)
+        return load_cifar(arg, 10 if kind == "cifar10" else 100, size=size)
+    raise UnknownNameError("dataset", spec, list(DATASET_SPECS))
+
+
+__all__ = [
+    "DATASET_SPECS",
+    "ImageDataset",
+    "Split",
+    "cifar_c_corruptions",
+    "load_cifar",
+    "load_cifar10",
+    "load_cifar100",
+    "load_cifar_c",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+]

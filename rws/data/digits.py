@@ -1,40 +1,21 @@
-"""scikit-learn's 8×8 digits, upsampled to 32×32 RGB in [0, 1]: the built-in dataset (no download)."""
+"""scikit-learn's 8×8 digits, upsampled to 32×32 RGB in [0, 1]: the built-in data (no download)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class Split:
-    """Images ``(N, 3, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
+from rws.data.types import ImageDataset, Split
 
 
-@dataclass(frozen=True)
-class ImageDataset:
-    """A dataset with fixed train / validation / test splits."""
-
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-
-
-def load_digits(size: int = 32, *, val_fraction: float = 0.15, test_fraction: float = 0.25) -> ImageDataset:
+def load_digits(
+    size: int = 32, *, val_fraction: float = 0.15, test_fraction: float = 0.25
+) -> ImageDataset:
     """The 1,797 digits, bilinearly upsampled to ``size``², grey replicated to 3 channels.
 
-    The split is fixed (stratified, seed 0): the same images land in the same split on every machine.
+    The split is fixed (stratified, seed 0): the same images land in the same split on every
+    machine.
     """
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -47,10 +28,15 @@ def load_digits(size: int = 32, *, val_fraction: float = 0.15, test_fraction: fl
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=raw.target, random_state=0)
     val_share = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=raw.target[rest], random_state=0)
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=raw.target[rest], random_state=0
+    )
 
     def split(i: np.ndarray) -> Split:
         t = torch.from_numpy(np.sort(i))
         return Split(x[t], y[t])
 
-    return ImageDataset("digits", split(train), split(val), split(test), num_classes=10)
+    classes = tuple(str(d) for d in range(10))
+    return ImageDataset(
+        "digits", split(train), split(val), split(test), num_classes=10, classes=classes
+    )

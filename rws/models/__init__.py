@@ -1,6 +1,10 @@
-"""The model zoo: small definitions of the architectures used by the RWS and RiFT papers."""
+"""The model zoo: small definitions of the architectures used by the RWS and RiFT papers.
 
-from rws.models import small_cnn  # noqa: F401  (registers built-in models)
+Importing this package registers the built-in models (one module per family).
+"""
+
+from rws.models import preact_resnet, resnet, small_cnn, vgg, wrn  # noqa: F401  (registers models)
 from rws.models.registry import MODELS, create_model, list_models, register_model
+from rws.models.resolve import resolve_model
 
-__all__ = ["MODELS", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "create_model", "list_models", "register_model", "resolve_model"]

@@ -1,0 +1,130 @@
+"""CIFAR-10-C / ImageNet-C corruptions as batched torch kernels.
+
+``corrupt(images, name, severity)`` applies one of the 15 benchmark corruptions (``CORRUPTIONS``) or
+the 4 validation ones (``EXTRA_CORRUPTIONS``) to a batch ``(N, 3, H, W)`` of float images in [0, 1]
+on any device, with the published severity tables (:mod:`.params`) and an optional
+``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+
+from rws.errors import UsageError
+from rws.robustness.corruptions import blur, digital, noise, spatter, weather  # noqa: F401
+from rws.robustness.corruptions._rng import make_generator
+from rws.robustness.corruptions.params import resolve_table, severity_params
+from rws.robustness.corruptions.registry import (
+    CORRUPTION_REGISTRY,
+    corruption_info,
+    get_corruption,
+    list_corruptions,
+    register_corruption,
+)
+
+logger = logging.getLogger(__name__)
+
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+MIN_SIDE = 8
+_RANGE_SLACK = 0.05  # values within [-0.05, 1.05] are clamped; further out is a usage error
+
+
+def _check_images(images: object) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise UsageError(f"images must be a torch.Tensor, not {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise UsageError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise UsageError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
+    h, w = images.shape[-2:]
+    if min(h, w) < MIN_SIDE:
+        raise UsageError(f"images must be at least {MIN_SIDE}×{MIN_SIDE} pixels, got {h}×{w}")
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise UsageError("images contain NaN or Inf values")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -_RANGE_SLACK or hi > 1.0 + _RANGE_SLACK:
+            raise UsageError(
+                f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+                + ("; divide 0–255 images by 255" if hi > 2.0 else "")
+            )
+    return images
+
+
+def corrupt(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    params: Literal["cifar", "imagenet", "auto"] = "auto",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Apply a corruption to a batch of images.
+
+    Args:
+        images: ``(N, 3, H, W)`` float tensor in [0, 1], on any device.
+        name: A name from ``list_corruptions()``, e.g. ``"fog"``.
+        severity: 1 (mildest) to 5.
+        params: Severity table: ``"cifar"`` (CIFAR-10-C, for 32×32), ``"imagenet"`` (ImageNet-C,
+            for 224×224) or ``"auto"`` (CIFAR when H and W ≤ 64, else ImageNet).
+        generator: Source of all random draws (its own device); ``None`` draws a fresh seed.
+            The global RNGs are never used.
+
+    Returns:
+        The corrupted batch: same shape, dtype and device, clamped to [0, 1].
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        UsageError: Bad severity, params, shape, dtype or value range.
+
+    Example:
+        >>> x = torch.rand(4, 3, 32, 32)
+        >>> y = corrupt(x, "fog", 3, generator=torch.Generator().manual_seed(0))
+        >>> y.shape
+        torch.Size([4, 3, 32, 32])
+    """
+    kernel = get_corruption(name)
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise UsageError(f"severity must be an integer from 1 to 5, got {severity!r}")
+    x = _check_images(images)
+    table = resolve_table(params, x.shape[-2], x.shape[-1])
+    if x.shape[0] == 0:
+        return x.clone()
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    work = work.detach().clamp(0.0, 1.0)
+    g = make_generator(generator, x.device)
+    logger.debug("corrupt %s severity %d (%s table) on %s", name, severity, table, tuple(x.shape))
+    out = kernel(work, severity_params(name, severity, table), generator=g)
+    return out.clamp_(0.0, 1.0).to(x.dtype)
+
+
+__all__ = [
+    "CORRUPTIONS",
+    "CORRUPTION_REGISTRY",
+    "EXTRA_CORRUPTIONS",
+    "corrupt",
+    "corruption_info",
+    "get_corruption",
+    "list_corruptions",
+    "register_corruption",
+]

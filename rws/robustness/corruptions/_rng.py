@@ -1,0 +1,54 @@
+"""Random draws from an explicit ``torch.Generator`` (never a global RNG) on the batch's device.
+
+Draws happen on the generator's device and are then moved, so a CPU generator gives the same numbers
+for a CPU or a CUDA batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """``generator`` itself, or a fresh one on ``device`` seeded from the OS entropy pool."""
+    if generator is not None:
+        return generator
+    g = torch.Generator(device=device)
+    g.seed()
+    return g
+
+
+def uniform(
+    shape: tuple[int, ...],
+    g: torch.Generator,
+    like: torch.Tensor,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> torch.Tensor:
+    """Uniform samples in ``[low, high)`` with ``like``'s dtype and device."""
+    u = torch.rand(shape, generator=g, device=g.device, dtype=like.dtype)
+    return (u * (high - low) + low).to(like.device)
+
+
+def normal(
+    shape: tuple[int, ...],
+    g: torch.Generator,
+    like: torch.Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
+    """Normal samples with ``like``'s dtype and device."""
+    z = torch.randn(shape, generator=g, device=g.device, dtype=like.dtype)
+    return (z * std + mean).to(like.device)
+
+
+def randint(
+    shape: tuple[int, ...], g: torch.Generator, device: torch.device, low: int, high: int
+) -> torch.Tensor:
+    """Integers in ``[low, high)`` (like ``np.random.randint``) as int64 on ``device``."""
+    return torch.randint(low, high, shape, generator=g, device=g.device).to(device)
+
+
+def poisson(rate: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Poisson samples with the given rates, on ``rate``'s device."""
+    return torch.poisson(rate.to(g.device), generator=g).to(rate.device)

@@ -1,0 +1,129 @@
+"""Digital corruptions: brightness, contrast, elastic_transform, pixelate, jpeg_compression and the
+extra saturate."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from rws.robustness.corruptions import _filters, _rng
+from rws.robustness.corruptions._color import hsv_to_rgb, rgb_to_hsv
+from rws.robustness.corruptions._resample import apply_axes, pil_box_matrix, sample_bilinear
+from rws.robustness.corruptions.registry import register_corruption
+
+
+@register_corruption("brightness", family="digital", random=False)
+def brightness(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
+    """Add ``c`` to the HSV value channel (clipped to 1), as skimage's HSV round trip.
+
+    With hue and saturation fixed, RGB scales with the value ``v = max(R, G, B)``, so the round trip
+    is ``x · v'/v`` (grey ``v'`` where ``v = 0``).
+    """
+    v = x.amax(1, keepdim=True)
+    v_new = (v + c).clamp(0.0, 1.0)
+    scale = v_new / torch.where(v > 0, v, torch.ones_like(v))
+    return torch.where(v > 0, x * scale, v_new.expand_as(x))
+
+
+@register_corruption("contrast", family="digital", random=False)
+def contrast(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
+    """Scale each channel's deviation from its spatial mean by ``c``."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) * c + mean
+
+
+@register_corruption("saturate", family="digital", extra=True, random=False)
+def saturate(
+    x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator
+) -> torch.Tensor:
+    """HSV saturation ``s·c[0] + c[1]`` clipped to [0, 1] (validation corruption)."""
+    hsv = rgb_to_hsv(x)
+    s = (hsv[:, 1] * c[0] + c[1]).clamp(0.0, 1.0)
+    return hsv_to_rgb(torch.stack([hsv[:, 0], s, hsv[:, 2]], dim=1))
+
+
+def elastic_warp(
+    x: torch.Tensor, inverse_affine: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor
+) -> torch.Tensor:
+    """The two resamplings of ``elastic_transform`` for given random draws.
+
+    First ``cv2.warpAffine`` (bilinear, reflect-101 border): output pixel ``(col, row)`` samples the
+    source at ``inverse_affine @ (col, row, 1)``. Then ``scipy.ndimage.map_coordinates(order=1,
+    mode="reflect")`` at ``(row + dy, col + dx)``.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        inverse_affine: ``(N, 2, 3)`` map from output ``(col, row, 1)`` to source ``(col, row)``.
+        dx: ``(N, H, W)`` column displacements.
+        dy: ``(N, H, W)`` row displacements.
+
+    Returns:
+        The warped batch.
+    """
+    _, _, h, w = x.shape
+    a = inverse_affine.to(x.dtype)
+    rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
+    src_c = a[:, 0, 0, None, None] * cols + a[:, 0, 1, None, None] * rows + a[:, 0, 2, None, None]
+    src_r = a[:, 1, 0, None, None] * cols + a[:, 1, 1, None, None] * rows + a[:, 1, 2, None, None]
+    x = sample_bilinear(x, src_r, src_c, border="reflect")
+    return sample_bilinear(x, rows + dy, cols + dx, border="symmetric")
+
+
+@register_corruption("elastic_transform", family="digital")
+def elastic_transform(
+    x: torch.Tensor, c: tuple[float, float, float], *, generator: torch.Generator
+) -> torch.Tensor:
+    """Random affine jitter then a smooth random displacement field, ``c = (α, σ, affine range)``.
+
+    Three points ``centre ± side//3`` move by ``U(-range, range)`` each (the affine they define warps
+    the image); then every pixel moves by ``α·gaussian_σ(U(-1, 1))`` per axis (truncate 3, scipy
+    ``reflect`` border). Pixel values are used as published (CIFAR: for 32 px, ImageNet: 244·…).
+    """
+    alpha, sigma, spread = float(c[0]), float(c[1]), float(c[2])
+    n, _, h, w = x.shape
+    cx, cy, s = w // 2, h // 2, min(h, w) // 3
+    src = torch.tensor(
+        [[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float64, device=x.device
+    )
+    jitter = _rng.uniform((n, 3, 2), generator, x, -spread, spread).to(torch.float64)
+    dst = src + jitter  # (N, 3, 2) where the three points go
+    lhs = torch.cat([dst, torch.ones(n, 3, 1, dtype=torch.float64, device=x.device)], dim=2)
+    inverse = torch.linalg.solve(lhs, src.expand(n, 3, 2)).transpose(1, 2)  # (N, 2, 3)
+    fields = _rng.uniform((n, 2, h, w), generator, x, -1.0, 1.0)
+    fields = _filters.gaussian_symmetric_fft(fields, sigma, truncate=3.0) * alpha
+    return elastic_warp(x, inverse, fields[:, 0], fields[:, 1])
+
+
+@register_corruption("pixelate", family="digital", random=False)
+def pixelate(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
+    """Pillow BOX resize to ``int(side·c)`` and BOX back (the reference's resampling, in float)."""
+    h, w = x.shape[-2:]
+    sh, sw = max(1, int(h * c)), max(1, int(w * c))
+    mh = pil_box_matrix(sh, h) @ pil_box_matrix(h, sh)
+    mw = pil_box_matrix(sw, w) @ pil_box_matrix(w, sw)
+    return apply_axes(x, mh, mw)
+
+
+@register_corruption("jpeg_compression", family="digital", random=False)
+def jpeg_compression(x: torch.Tensor, c: int, *, generator: torch.Generator) -> torch.Tensor:
+    """Pillow JPEG encode/decode at quality ``c`` (default 4:2:0 chroma subsampling).
+
+    The one kernel that is not batched: each image is rounded to uint8 and round-tripped through
+    Pillow on the CPU, then moved back to the batch's device.
+    """
+    from PIL import Image
+
+    u8 = (x.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    arr = u8.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.empty_like(arr)
+    for i, img in enumerate(arr):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(c))
+        buf.seek(0)
+        with Image.open(buf) as decoded:
+            out[i] = np.asarray(decoded.convert("RGB"))
+    y = torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
+    return y / 255.0

@@ -1,0 +1,59 @@
+"""The corruption registry: ``register_corruption``, ``get_corruption``, ``list_corruptions``.
+
+A corruption kernel has the signature ``f(x, c, *, generator) -> Tensor``: ``x`` is a batch
+``(N, 3, H, W)`` of float images in [0, 1] (validated, on its device), ``c`` is one row of a
+severity table in :mod:`rws.robustness.corruptions.params`, and ``generator`` is the
+``torch.Generator`` every random draw must use. Kernels may return values outside [0, 1]: the caller
+clamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from rws.registry import Registry
+
+Kernel = Callable[..., torch.Tensor]
+Family = Literal["noise", "blur", "weather", "digital"]
+
+CORRUPTION_REGISTRY: Registry[Kernel] = Registry("corruption")
+
+PAPER_URL = "https://arxiv.org/abs/1903.12261"
+
+
+def register_corruption(
+    name: str, *, family: Family, extra: bool = False, random: bool = True, summary: str = ""
+) -> Callable[[Kernel], Kernel]:
+    """Register a corruption kernel under ``name``.
+
+    Args:
+        name: Registry name, e.g. ``"fog"``.
+        family: ``"noise"``, ``"blur"``, ``"weather"`` or ``"digital"``.
+        extra: True for the four validation corruptions (not for headline claims).
+        random: False when the kernel draws no random numbers (same output for every seed).
+        summary: One line for docs; defaults to the first docstring line.
+
+    Returns:
+        The decorator.
+    """
+    return CORRUPTION_REGISTRY.register(
+        name, summary=summary, url=PAPER_URL, family=family, extra=extra, random=random
+    )
+
+
+def get_corruption(name: str) -> Kernel:
+    """The kernel registered under ``name``; raises ``UnknownNameError`` listing the choices."""
+    return CORRUPTION_REGISTRY.get(name)
+
+
+def corruption_info(name: str) -> dict[str, Any]:
+    """``family``, ``extra`` and ``random`` of a registered corruption."""
+    return dict(CORRUPTION_REGISTRY.entry(name).info)
+
+
+def list_corruptions(pattern: str = "*") -> list[str]:
+    """Registered corruption names matching a glob, in registration order."""
+    return CORRUPTION_REGISTRY.names(pattern)
