@@ -37,7 +37,7 @@ def write_patch(
 ) -> None:
     """Write stored tensors and the manifest atomically."""
     meta = {"format": FORMAT_VERSION, **manifest}
-    save_tensors(path, stored, {META_KEY: json.dumps(meta, sort_keys=True)})
+    save_tensors(path, stored, {META_KEY: json.dumps(meta)})  # keeps depth order
 
 
 def read_patch(
