@@ -1,6 +1,6 @@
 """Reading checkpoints one tensor at a time, whatever their container, and fingerprinting tensors.
 
-Sources: ``.safetensors`` files (mmap via ``safe_open``), Hugging Face sharded folders
+Sources: ``.safetensors`` files (positioned reads, see ``TensorFile``), Hugging Face sharded folders
 (``model.safetensors.index.json``), pickled ``.pt/.pth/.bin`` files
 (``torch.load(weights_only=True)``, never anything looser), in-memory state dicts and ``nn.Module``s.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rws.errors import CheckpointError, InputFileError, OutputPathError, UnsafeInputError
-from rws.safetensors_io import CODE_DTYPES, tensor_bytes
+from rws.safetensors_io import TensorFile, tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -132,67 +132,40 @@ class SafetensorsCheckpoint(Checkpoint):
     """One or more safetensors files (a sharded folder is read through its index)."""
 
     def __init__(self, path: PathLike, files: dict[str, list[str]] | None = None) -> None:
-        from safetensors import safe_open
-
         self.path = os.fspath(path)
-        if files is None:
-            files = {self.path: []}
-        self._handles: dict[str, Any] = {}
-        self._files = list(files)
-        self._where: dict[str, str] = {}
-        self._order: list[str] = []
-        self._header: dict[str, dict[str, Any]] = {}
+        self._files = list(files) if files is not None else [self.path]
+        self._where: dict[str, TensorFile] = {}
         self.metadata = {}
-        for file in files:
-            header = _read_header(file)
-            try:
-                handle = safe_open(file, framework="pt", device="cpu")
-            except Exception as err:  # safetensors' error types and texts vary across versions
-                raise CheckpointError(
-                    file, f"not a valid safetensors file ({_oneline(err)})"
-                ) from None
-            self._handles[file] = handle
-            self.metadata.update(handle.metadata() or {})
-            entries = sorted(
-                ((k, v) for k, v in header.items() if k != "__metadata__"),
-                key=lambda kv: kv[1]["data_offsets"][0],
-            )
-            for name, info in entries:
+        for file in self._files:
+            tf = TensorFile(file)
+            self.metadata.update(tf.metadata)
+            for name in tf:
                 if name in self._where:
                     raise CheckpointError(file, f"tensor {name!r} appears in two shards")
-                self._where[name] = file
-                self._header[name] = info
-                self._order.append(name)
+                self._where[name] = tf
 
     def keys(self) -> list[str]:
-        return list(self._order)
+        return list(self._where)
 
     def __contains__(self, name: object) -> bool:
         return name in self._where
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._header[name]["shape"])
+        return self._where[name].shape(name)
 
     def dtype(self, name: str) -> torch.dtype:
-        code = self._header[name]["dtype"]
-        try:
-            return CODE_DTYPES[code]
-        except KeyError:
-            raise CheckpointError(self._where[name], f"tensor {name!r} has dtype {code}") from None
+        return self._where[name].dtype(name)
 
     def get(self, name: str) -> torch.Tensor:
-        file = self._where[name]
-        try:
-            return self._handles[file].get_tensor(name)
-        except Exception as err:
-            raise CheckpointError(file, f"cannot read tensor {name!r} ({_oneline(err)})") from None
+        return self._where[name].get(name)
 
     def files(self) -> list[str]:
         """The files this checkpoint reads."""
         return list(self._files)
 
     def close(self) -> None:
-        self._handles.clear()
+        for tf in set(self._where.values()):
+            tf.close()
 
 
 class PickleCheckpoint(MemoryCheckpoint):
@@ -235,46 +208,6 @@ def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
     if out and all(k.startswith("module.") for k in out):  # saved from DataParallel / DDP
         out = {k[len("module.") :]: v for k, v in out.items()}
     return out
-
-
-def _read_header(path: str) -> dict[str, Any]:
-    """Read and sanity-check a safetensors header (clear messages for the common failures)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(path, "too short to be a safetensors file (truncated?)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                first = head + fh.read(120)
-                if first.startswith(b"version https://git-lfs"):
-                    raise CheckpointError(
-                        path, "this is a Git LFS pointer, not weights; run `git lfs pull`"
-                    )
-                raise CheckpointError(path, "header length exceeds the file size (truncated?)")
-            raw = fh.read(n)
-    except OSError as err:
-        raise InputFileError(path, f"cannot read ({err.strerror or err})") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(path, "the safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(path, "the safetensors header is not a JSON object")
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise CheckpointError(path, f"tensor {name!r} has a malformed header entry") from None
-    if 8 + n + end != size:
-        raise CheckpointError(
-            path, f"holds {size} bytes but its header describes {8 + n + end} (truncated?)"
-        )
-    return header
 
 
 def _unpickling_detail(err: BaseException) -> str:

@@ -14,6 +14,7 @@ encoding.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,16 +33,20 @@ class Encoded:
     """One tensor's encoded form: stored tensors by suffix (``""``: stored under the name)."""
 
     codec: str
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     params: dict[str, Any] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        """Bytes the stored tensors take."""
+        """Bytes the stored tensors take (from the file header when the parts are lazy)."""
+        lazy = getattr(self.tensors, "nbytes", None)
+        if lazy is not None:
+            return int(lazy())
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 class Codec(Protocol):
-    """Encode a float32 delta into stored tensors; decode them back to float32."""
+    """Encode a float32 delta into stored tensors; decode them back to a new float32 tensor that
+    the caller owns (patch arithmetic works in place on it)."""
 
     suffixes: tuple[str, ...]
 
@@ -68,7 +73,7 @@ class FloatCodec:
         t = _part(name, enc, "")
         if t.dtype != self.dtype:
             raise CodecError(name, f"{self.name} data stored as {t.dtype}")
-        return t.to(torch.float32).reshape(shape)
+        return t.to(torch.float32, copy=True).reshape(shape)  # the caller owns (and may mutate) it
 
 
 class Int8AbsmaxCodec:
@@ -98,9 +103,11 @@ class Int8AbsmaxCodec:
             raise CodecError(name, "int8 data has the wrong dtypes or no blocksize")
         if absmax.numel() != -(-n // bs) or n != _numel(shape):
             raise CodecError(name, f"int8 data holds {n} values / {absmax.numel()} scales")
+        scale = (absmax / 127.0)[:, None]
+        if n % bs == 0:  # the common case: no padding copy
+            return q.view(-1, bs).to(torch.float32).mul_(scale).reshape(shape)
         blocks = F.pad(q.to(torch.float32), (0, (-n) % bs)).view(-1, bs)
-        out = blocks * (absmax / 127.0)[:, None]
-        return out.reshape(-1)[:n].reshape(shape)
+        return blocks.mul_(scale).reshape(-1)[:n].reshape(shape)
 
 
 class BnbFourBitCodec:

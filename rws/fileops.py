@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rws.checkpoint import Source, check_output_path, open_checkpoint
+from rws.checkpoint import Source, check_output_path, open_checkpoint, tensor_sha256
 from rws.errors import MissingTensorError, NotAppliedError
 from rws.format import applied_metadata, read_applied
 from rws.ops import PatchReport, check_target, patch_tensor, summed_deltas
@@ -53,10 +54,12 @@ def _stream(
     spec = {n: (ck.dtype(n), ck.shape(n)) for n in ck}
     meta = applied_metadata({"format": "pt", **ck.metadata}, stack)
     report = PatchReport()
-    with StreamWriter(output, spec, meta) as writer:
+    # sha256 of each base tensor runs in a thread (hashlib releases the GIL) while torch computes
+    with ThreadPoolExecutor(max_workers=1) as pool, StreamWriter(output, spec, meta) as writer:
         for name in ck:
             t = ck.get(name)
             if name in plan:
+                sha = None if inverse else pool.submit(tensor_sha256, t)
                 t = patch_tensor(
                     where,
                     name,
@@ -66,6 +69,7 @@ def _stream(
                     force=force,
                     clamp_var=clamp_var,
                     inverse=inverse,
+                    fingerprint=sha.result if sha else None,
                 )
             writer.write(name, t)
     ck.close()

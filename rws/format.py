@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from rws.checkpoint import _read_header
 from rws.errors import CheckpointError, FormatVersionError, InputFileError, PatchFormatError
-from rws.safetensors_io import save_tensors
+from rws.safetensors_io import TensorFile, save_tensors
 
 FORMAT_VERSION = 1
 META_KEY = "rws"
@@ -40,26 +39,42 @@ def write_patch(
     save_tensors(path, stored, {META_KEY: json.dumps(meta)})  # keeps depth order
 
 
-def read_patch(
-    path: str | os.PathLike,
-) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """Read a patch file: its manifest and, per tensor name, its stored parts by suffix.
+class StoredParts(Mapping[str, torch.Tensor]):
+    """One patched tensor's stored parts by suffix, read from the file only when used."""
+
+    def __init__(self, file: TensorFile, keys: dict[str, str]) -> None:
+        self._file, self._keys = file, keys
+
+    def __getitem__(self, suffix: str) -> torch.Tensor:
+        return self._file.get(self._keys[suffix])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def nbytes(self) -> int:
+        """Stored bytes, from the header (nothing is read)."""
+        return sum(self._file.nbytes(k) for k in self._keys.values())
+
+
+def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, StoredParts]]:
+    """Read a patch file's manifest; tensors are read lazily, one at a time, when decoded.
 
     Raises:
         InputFileError: missing or unreadable.
         PatchFormatError: not safetensors, no or malformed manifest, parts missing or stray.
         FormatVersionError: a major format version this rws does not know.
     """
-    from safetensors import safe_open
-
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise InputFileError(p, "no such file" if not os.path.exists(p) else "not a file")
     try:
-        header = _read_header(p)
+        file = TensorFile(p)
     except CheckpointError as err:
         raise PatchFormatError(p, err.reason) from None
-    raw_meta = (header.get("__metadata__") or {}).get(META_KEY)
+    raw_meta = file.metadata.get(META_KEY)
     if raw_meta is None:
         raise PatchFormatError(p, "not an rws patch (no 'rws' metadata); is it a checkpoint?")
     try:
@@ -67,21 +82,13 @@ def read_patch(
     except json.JSONDecodeError:
         raise PatchFormatError(p, "the 'rws' metadata is not valid JSON") from None
     check_manifest(p, manifest)
-    parts: dict[str, dict[str, torch.Tensor]] = {n: {} for n in manifest["tensors"]}
-    try:
-        with safe_open(p, framework="pt", device="cpu") as fh:
-            for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                name, _, suffix = key.partition(SEP)
-                if name not in parts:
-                    raise PatchFormatError(p, f"stored tensor {key!r} is not in the manifest")
-                parts[name][suffix] = fh.get_tensor(key)
-    except PatchFormatError:
-        raise
-    except Exception as err:
-        raise PatchFormatError(
-            p, f"not a valid safetensors file ({' '.join(str(err).split())})"
-        ) from None
-    return manifest, parts
+    keys: dict[str, dict[str, str]] = {n: {} for n in manifest["tensors"]}
+    for key in file:
+        name, _, suffix = key.partition(SEP)
+        if name not in keys:
+            raise PatchFormatError(p, f"stored tensor {key!r} is not in the manifest")
+        keys[name][suffix] = key
+    return manifest, {n: StoredParts(file, k) for n, k in keys.items()}
 
 
 def check_manifest(path: str, manifest: Any) -> None:

@@ -6,17 +6,17 @@ import os
 from typing import Any
 
 from rws.checkpoint import open_checkpoint
+from rws.errors import RwsError
 from rws.format import META_KEY, read_applied
 from rws.patch import Patch
+from rws.safetensors_io import read_header
 
 
 def is_patch(path: str | os.PathLike) -> bool:
     """True if the file is a safetensors file carrying rws patch metadata."""
-    from rws.checkpoint import _read_header
-
     try:
-        header = _read_header(os.fspath(path))
-    except Exception:
+        header, _ = read_header(path)
+    except RwsError:
         return False
     return META_KEY in (header.get("__metadata__") or {})
 

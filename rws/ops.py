@@ -10,14 +10,14 @@ bit; the base fingerprints recorded in the patch then tell which tensors are exa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from rws.arith import add_delta, compute_dtype, sub_delta
+from rws.arith import add_delta, all_finite, compute_dtype, sub_delta
 from rws.checkpoint import is_integer_dtype, tensor_sha256
 from rws.errors import (
     BaseMismatchError,
@@ -65,11 +65,9 @@ def total_delta(
     for p, alpha in parts:
         d = p.tensors[name].decode().to(cd)
         if alpha != 1.0:
-            d = d * alpha
-        acc = d if acc is None else acc + d
+            d.mul_(alpha)
+        acc = d if acc is None else acc.add_(d)
     assert acc is not None
-    if not torch.isfinite(acc).all():
-        raise NonFiniteError(name, f"the delta of {', '.join(p.label for p, _ in parts)}")
     return acc
 
 
@@ -94,16 +92,15 @@ def check_target(
 def check_base(
     where: str,
     name: str,
-    w: torch.Tensor,
+    found: str,
     parts: Sequence[tuple[Patch, float]],
     report: PatchReport,
     force: bool,
 ) -> None:
-    """Compare ``w`` with the base fingerprint each patch recorded for ``name``."""
+    """Compare a tensor's sha256 with the base fingerprint each patch recorded for ``name``."""
     expected = {p.tensors[name].base_sha256 for p, _ in parts} - {None}
     if not expected:
         return
-    found = tensor_sha256(w)
     report.checked += 1
     bad = sorted(e for e in expected if e != found)
     if not bad:
@@ -115,9 +112,7 @@ def check_base(
 
 
 def check_result(name: str, out: torch.Tensor, clamp_var: bool) -> torch.Tensor:
-    """NaN/Inf and BatchNorm running-variance checks on a patched tensor."""
-    if not torch.isfinite(out).all():
-        raise NonFiniteError(name, "the patched result")
+    """BatchNorm running-variance check on a patched tensor (clamped at 0 on request)."""
     if name.endswith("running_var") and bool((out <= 0).any()):
         if not clamp_var:
             raise IntegrityError(
@@ -138,16 +133,27 @@ def patch_tensor(
     force: bool = False,
     clamp_var: bool = False,
     inverse: bool = False,
+    fingerprint: Callable[[], str] | None = None,
 ) -> torch.Tensor:
-    """The patched (or, with ``inverse``, un-patched) value of one tensor; ``w`` is not modified."""
+    """The patched (or, with ``inverse``, un-patched) value of one tensor; ``w`` is not modified.
+
+    ``fingerprint`` returns ``w``'s sha256 when the caller computes it concurrently (the file
+    path hashes in a background thread while this computes).
+    """
     check_target(where, name, parts, tuple(w.shape), w.dtype)
-    if not inverse:
-        check_base(where, name, w, parts, report, force)
     d = total_delta(name, parts, w.dtype).to(w.device)
-    out = sub_delta(w, d) if inverse else add_delta(w, d)
+    out = sub_delta(w, d, inplace=True) if inverse else add_delta(w, d, inplace=True)
+    if not all_finite(out):  # a NaN/Inf delta shows here too; look at the delta only to say which
+        labels = ", ".join(p.label for p, _ in parts)
+        if not all_finite(total_delta(name, parts, w.dtype)):
+            raise NonFiniteError(name, f"the delta of {labels}")
+        raise NonFiniteError(name, "the patched result")
     out = check_result(name, out, clamp_var)
     if inverse:
         check_restored(name, out, parts, report)
+    else:
+        found = fingerprint() if fingerprint else tensor_sha256(w)
+        check_base(where, name, found, parts, report, force)
     report.touched += 1
     return out
 

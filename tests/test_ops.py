@@ -112,3 +112,12 @@ def test_running_variance_must_stay_positive(trained: Trained) -> None:
         rws.apply(sd, patch, scale=big)
     rws.apply(sd, patch, scale=big, clamp_var=True)
     assert float(sd["bn1.running_var"].min()) >= 0.0
+
+
+def test_applying_never_mutates_the_patch(trained: Trained) -> None:
+    for codec in ("fp32", "int8"):
+        patch = rws.extract(trained.clean, trained.tuned, codec=codec)
+        before = {n: patch.delta(n).clone() for n in patch.names()}
+        rws.apply(_state(trained.clean), patch)
+        rws.remove(_state(trained.tuned), patch)
+        assert all(torch.equal(patch.delta(n), before[n]) for n in patch.names())

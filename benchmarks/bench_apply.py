@@ -1,0 +1,159 @@
+"""Figure 2 (issue 2): apply a full-model int8 patch to a 2 GiB fp16 safetensors checkpoint.
+
+Side by side in one run, each repetition in a fresh subprocess (so peak RSS is its own):
+  copy   the physical floor: read the checkpoint's bytes and write them to a new file (fsync)
+  naive  load the whole checkpoint, add every decoded delta, save_file the result
+  rws    rws.apply_file: mmap in, one tensor at a time, streamed out (temp file + fsync + rename)
+Prints median wall time and peak RSS of each, and the ratios rws/copy (goal ≤ 2) and
+rws RSS / naive RSS (goal < 25%).
+
+    python benchmarks/bench_apply.py [--gib 2] [--repeats 3] [--dir /tmp/rws-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HIDDEN = 2048
+FFN = 4 * HIDDEN
+
+
+def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
+    p = f"model.layers.{i}."
+    return {
+        p + "input_layernorm.weight": (HIDDEN,),
+        p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+        p + "post_attention_layernorm.weight": (HIDDEN,),
+        p + "mlp.up_proj.weight": (FFN, HIDDEN),
+        p + "mlp.down_proj.weight": (HIDDEN, FFN),
+    }
+
+
+def make_inputs(folder: Path, gib: float) -> tuple[Path, Path]:
+    """A transformer-shaped random fp16 checkpoint of ~gib GiB and a full-model int8 patch."""
+    from rws.patch import Patch, encode_deltas
+    from rws.safetensors_io import StreamWriter
+
+    base, patch_path = folder / f"base-{gib}g.safetensors", folder / f"patch-{gib}g.safetensors"
+    if base.exists() and patch_path.exists():
+        return base, patch_path
+    per_layer = sum(torch.Size(s).numel() for s in layer_shapes(0).values()) * 2
+    n_layers = max(1, round(gib * 2**30 / per_layer))
+    spec = {}
+    for i in range(n_layers):
+        spec.update({k: (torch.float16, s) for k, s in layer_shapes(i).items()})
+    g = torch.Generator().manual_seed(0)
+    deltas = []
+    with StreamWriter(base, spec, {"format": "pt"}) as w:
+        for name, (dt, shape) in spec.items():
+            t = (torch.randn(shape, generator=g) * 0.02).to(dt)
+            w.write(name, t)
+            d = torch.randn(shape, generator=g) * 1e-3
+            deltas.append(encode_deltas([(name, d, t)], codec="int8"))
+    tensors = {}
+    for enc, _ in deltas:
+        tensors.update(enc)
+    Patch(tensors=tensors, name="full-int8").save(patch_path)
+    return base, patch_path
+
+
+def run_mode(mode: str, base: str, patch: str, out: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    if mode == "copy":
+        with open(base, "rb") as src, open(out, "wb") as dst:
+            while block := src.read(16 << 20):
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+    elif mode == "naive":
+        from safetensors.torch import load_file, save_file
+
+        import rws
+
+        p = rws.load(patch)
+        sd = load_file(base)
+        for name in p.names():
+            sd[name] = (sd[name].float() + p.delta(name)).to(sd[name].dtype)
+        save_file(sd, out)
+    elif mode == "rws":
+        import rws
+
+        rws.apply_file(base, [rws.load(patch)], out)
+    wall = time.perf_counter() - t0
+    # VmHWM, not ru_maxrss: the latter survives exec, so a child would inherit the parent's peak
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    rss = hwm / 1024  # KiB -> MiB
+    return {"wall_s": wall, "rss_mib": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gib", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dir", default="/tmp/rws-bench")
+    ap.add_argument("--mode")
+    ap.add_argument("--base")
+    ap.add_argument("--patch")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.mode:  # child
+        print(json.dumps(run_mode(a.mode, a.base, a.patch, a.out)))
+        return
+    folder = Path(a.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    base, patch = make_inputs(folder, a.gib)
+    gib_base, gib_patch = base.stat().st_size / 2**30, patch.stat().st_size / 2**30
+    print(f"checkpoint {gib_base:.2f} GiB fp16, patch {gib_patch:.2f} GiB int8, ", end="")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results: dict[str, list[dict[str, float]]] = {"copy": [], "naive": [], "rws": []}
+    for _ in range(a.repeats):
+        for mode in results:  # interleaved, so drifting machine load hits all three alike
+            out = folder / f"out-{mode}.safetensors"
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--base",
+                str(base),
+                "--patch",
+                str(patch),
+                "--out",
+                str(out),
+            ]
+            res = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[
+                    -1
+                ]
+            )
+            results[mode].append(res)
+            out.unlink(missing_ok=True)
+    med = {
+        m: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "rss_mib")}
+        for m, rs in results.items()
+    }
+    print(f"{'mode':6} {'median wall s':>14} {'peak RSS MiB':>13}")
+    for m, v in med.items():
+        print(f"{m:6} {v['wall_s']:14.2f} {v['rss_mib']:13.0f}")
+    print(f"rws / copy wall time: {med['rws']['wall_s'] / med['copy']['wall_s']:.2f}x (goal <= 2x)")
+    print(f"rws / naive wall time: {med['rws']['wall_s'] / med['naive']['wall_s']:.2f}x")
+    print(
+        f"rws / naive peak RSS: {100 * med['rws']['rss_mib'] / med['naive']['rss_mib']:.1f}% (goal < 25%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
