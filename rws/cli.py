@@ -47,9 +47,9 @@ err = Console(stderr=True, highlight=False)
 # --- shared options -----------------------------------------------------------------------------
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file (written atomically).")]
 CodecOpt = Annotated[
-    str, typer.Option(help="Delta codec: fp32 (lossless), fp16, bf16, int8, nf4, fp4.")
+    str, typer.Option(help="Delta codec: fp32 (lossless), fp16, bf16, int8, bnb8, nf4, fp4.")
 ]
-BlockOpt = Annotated[int, typer.Option(help="Elements per quantization block (int8/nf4/fp4).")]
+BlockOpt = Annotated[int, typer.Option(help="Elements per quantization block (int8/bnb8/nf4/fp4).")]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Apply even where base fingerprints differ (warns).")
 ]

@@ -102,8 +102,9 @@ def extract(
     Args:
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
         method: a registered method (``rws.list_methods()``); extra keywords go to it.
-        codec: ``fp32`` (default, lossless), ``fp16``, ``bf16``, ``int8``, ``nf4``, ``fp4``.
-        blocksize: elements per quantization block (int8/nf4/fp4).
+        codec: ``fp32`` (default, lossless), ``fp16``, ``bf16``, ``int8``, ``bnb8``, ``nf4``,
+            ``fp4``.
+        blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
         shallow: keep only the first K layers (conv/linear + bias + following norm layers).
         energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖².
         include, exclude: tensor-name globs applied before layer selection.
@@ -142,7 +143,7 @@ def extract(
         provenance=provenance(
             method=method,
             codec=codec,
-            blocksize=blocksize if codec in ("int8", "nf4", "fp4") else None,
+            blocksize=blocksize if codec in ("int8", "bnb8", "nf4", "fp4") else None,
             selection=selection,
             base=_describe(base),
             tuned=_describe(tuned),
