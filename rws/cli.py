@@ -128,7 +128,7 @@ def _patch_summary(desc: dict[str, Any]) -> str:
         f"{desc['tensors_stored']} tensors stored ({desc['tensors_skipped_zero']} zero deltas "
         f"skipped), {_size(desc['file_bytes'] or desc['stored_bytes'])}: "
         f"{_ratio(desc['ratio_vs_model_fp32'])} smaller than the full fp32 model, "
-        f"{_ratio(desc['ratio_vs_touched_fp32'])} than the touched tensors in fp32"
+        f"{_ratio(desc['ratio_vs_touched_fp32'])} smaller than its tensors in fp32"
     )
 
 
@@ -211,7 +211,12 @@ def remove(
     out.print(
         f"wrote {res.output}: {rep.touched} tensors restored, {rep.exact}/{rep.checked} bit-exact "
         "against the base fingerprints"
-        + (f" (not bit-exact: {', '.join(rep.inexact[:5])})" if rep.inexact else "")
+        + (
+            f" (the rest within one float32 rounding: {', '.join(rep.inexact[:5])}"
+            + (", …)" if len(rep.inexact) > 5 else ")")
+            if rep.inexact
+            else ""
+        )
     )
 
 

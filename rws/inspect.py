@@ -10,6 +10,7 @@ from rws.errors import RwsError
 from rws.format import META_KEY, read_applied
 from rws.patch import Patch
 from rws.safetensors_io import read_header
+from rws.select import depth_order
 
 
 def is_patch(path: str | os.PathLike) -> bool:
@@ -71,7 +72,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ck = open_checkpoint(path)
     tensors = []
     total = 0
-    for name in ck:
+    for name in depth_order(ck.keys(), ck.dtype):
         shape, dtype = ck.shape(name), ck.dtype(name)
         n = 1
         for s in shape:
