@@ -8,21 +8,34 @@ from rws.extract import extract, layer_deltas
 from rws.fileops import apply_file, remove_file
 from rws.inspect import describe
 from rws.methods import list_methods
+from rws.models import list_models
 from rws.ops import apply, patched, remove
 from rws.patch import Patch, compose, load
+from rws.robustness.attacks import attack, list_attacks
+from rws.robustness.corruptions import CORRUPTIONS, corrupt, list_corruptions
+from rws.robustness.evaluate import evaluate
+from rws.robustness.report import Report
 
 __all__ = [
+    "CORRUPTIONS",
     "Patch",
+    "Report",
     "RwsError",
     "__version__",
     "apply",
     "apply_file",
+    "attack",
     "compose",
+    "corrupt",
     "describe",
+    "evaluate",
     "extract",
     "layer_deltas",
+    "list_attacks",
     "list_codecs",
+    "list_corruptions",
     "list_methods",
+    "list_models",
     "load",
     "patched",
     "remove",

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 import rws
 from rws.checkpoint import check_output_path
+from rws.cli_eval import eval_command
 from rws.errors import RwsError, UsageError
 
 
@@ -361,6 +362,9 @@ def list_(
     for entry in registries[kind]:
         t.add_row(entry.name, entry.summary)
     out.print(t)
+
+
+app.command("eval")(eval_command)
 
 
 def run() -> None:  # pragma: no cover - console entry point used by `python -m rws`

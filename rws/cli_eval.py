@@ -84,8 +84,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model before and after each patch on the same corrupted and attacked inputs.
 
-    Example: rws eval --arch resnet20 --weights clean.safetensors --patch fog.rws.safetensors
-    --data digits --corruptions fog,contrast --severities 1-5 --attack pgd --out report.json
+    Example: rws eval --arch resnet20 --weights clean.pt --patch fog.rws.safetensors:0.8 --attack pgd
 
     Distributed: torchrun --nproc-per-node 4 -m rws eval … (rank 0 prints and writes).
     """
@@ -93,9 +92,11 @@ def eval_command(
     from rws.checkpoint import check_output_path
     from rws.cli import err, parse_patch_arg
     from rws.cli import out as stdout
+    from rws.data import resolve_data
+    from rws.models import load_model
     from rws.robustness import distributed
     from rws.robustness.attacks import parse_eps
-    from rws.robustness.evaluate import build_model, evaluate, resolve_data
+    from rws.robustness.evaluate import evaluate
 
     sevs = parse_severities(severities)
     eps_value = parse_eps(eps)
@@ -106,7 +107,7 @@ def eval_command(
     started = distributed.init_from_env(device)
     try:
         dataset, source = resolve_data(data)
-        model = build_model(arch, weights, dataset.num_classes)
+        model = load_model(arch, weights, dataset.num_classes)
         patches = [rws.load(p) if a is None else (rws.load(p), a) for p, a in specs]
         report = evaluate(
             model, dataset, corruptions=parse_corruptions(corruptions), severities=sevs,

@@ -174,7 +174,9 @@ class BnbEightBitCodec:
         if q.dtype != torch.uint8 or q.numel() != _numel(shape) or bs <= 0:
             raise CodecError(name, "bnb8 data has the wrong dtype, size or no blocksize")
         if absmax.numel() != -(-q.numel() // bs) or code.numel() != 256:
-            raise CodecError(name, f"bnb8 data holds {absmax.numel()} scales / {code.numel()} codes")
+            raise CodecError(
+                name, f"bnb8 data holds {absmax.numel()} scales / {code.numel()} codes"
+            )
         try:
             out = bnbf.dequantize_blockwise(q, absmax=absmax, code=code, blocksize=bs)
         except Exception as err:  # bitsandbytes raises assorted types on malformed input

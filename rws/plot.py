@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+from rws.atomic import atomic_output
 
 
 def _figure() -> Any:
@@ -18,18 +19,10 @@ def _figure() -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure atomically (temp file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Save a matplotlib figure atomically (format from the file extension)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt)
 
 
 def plot_layer_deltas(

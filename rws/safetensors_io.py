@@ -19,7 +19,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +26,8 @@ from typing import Any
 
 import torch
 
-from rws.errors import CheckpointError, InputFileError, OutputPathError, UsageError
+from rws.atomic import atomic_output
+from rws.errors import CheckpointError, InputFileError, UsageError
 
 DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -102,16 +102,12 @@ class StreamWriter:
         raw += b" " * ((-len(raw)) % 8)
         self._header = struct.pack("<Q", len(raw)) + raw
         self._next = 0
-        self._tmp: Path | None = None
         self._fh = None
 
     def __enter__(self) -> StreamWriter:
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        if not folder.is_dir():
-            raise OutputPathError(self.path, "its folder does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        self._tmp = Path(tmp)
-        self._fh = os.fdopen(fd, "wb", buffering=0)
+        self._ctx = atomic_output(self.path)
+        tmp = self._ctx.__enter__()
+        self._fh = open(tmp, "wb", buffering=0)
         self._fh.write(self._header)
         return self
 
@@ -136,36 +132,15 @@ class StreamWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._fh is not None and self._tmp is not None
-        try:
-            if exc_type is None and self._next != len(self._order):
-                missing = self._order[self._next]
-                raise RuntimeError(f"StreamWriter: closed before tensor {missing!r} was written")
-            if exc_type is None:
-                os.fsync(self._fh.fileno())
-        except BaseException:
-            self._fh.close()
-            self._tmp.unlink(missing_ok=True)
-            raise
+        assert self._fh is not None
         self._fh.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
-        else:
-            self._tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        if exc_type is None and self._next != len(self._order):
+            err = RuntimeError(
+                f"StreamWriter: closed before tensor {self._order[self._next]!r} was written"
+            )
+            self._ctx.__exit__(RuntimeError, err, None)  # deletes the temp file
+            raise err
+        self._ctx.__exit__(exc_type, exc, tb)  # renames into place, or deletes on error
 
 
 def save_tensors(

@@ -60,9 +60,7 @@ def test_sharded_folder(tmp_path: Path) -> None:
         json.dumps({"metadata": {}, "weight_map": weight_map})
     )
     ck = open_checkpoint(tmp_path)
-    assert {k: tensor_sha256(ck.get(k)) for k in ck} == {
-        k: tensor_sha256(v) for k, v in sd.items()
-    }
+    assert {k: tensor_sha256(ck.get(k)) for k in ck} == {k: tensor_sha256(v) for k, v in sd.items()}
     with pytest.raises(OutputPathError, match="is also an input"):
         check_output_path(tmp_path / "model-00001-of-00002.safetensors", [tmp_path])
 

@@ -8,7 +8,15 @@ from rws.errors import CodecError, UnknownNameError, UsageError
 
 # Relative reconstruction error bounds on a Gaussian tensor (REFERENCES.md measures ≈0.0095 for
 # bitsandbytes 8-bit, ≈0.09 nf4, ≈0.12 fp4; our absmax int8 at blocksize 64 is ≈0.006).
-BOUNDS = {"fp32": 0.0, "fp16": 1e-3, "bf16": 5e-3, "int8": 0.008, "bnb8": 0.01, "nf4": 0.1, "fp4": 0.13}
+BOUNDS = {
+    "fp32": 0.0,
+    "fp16": 1e-3,
+    "bf16": 5e-3,
+    "int8": 0.008,
+    "bnb8": 0.01,
+    "nf4": 0.1,
+    "fp4": 0.13,
+}
 
 
 @pytest.mark.parametrize("codec", codecs.list_codecs())

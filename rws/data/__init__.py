@@ -6,12 +6,14 @@ train / validation / test splits.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rws.data.cifar import load_cifar, load_cifar10, load_cifar100
 from rws.data.cifar_c import cifar_c_corruptions, load_cifar_c
 from rws.data.digits import load_digits
 from rws.data.folder import load_image_folder
 from rws.data.types import ImageDataset, Split
-from rws.errors import UnknownNameError, UsageError
+from rws.errors import InputFileError, UnknownNameError, UsageError
 
 DATASET_SPECS = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
 
@@ -60,4 +62,33 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_image_folder",
+    "resolve_data",
 ]
+
+
+_C_FOLDERS = {"cifar10c": (10, "cifar-10-batches-py"), "cifar100c": (100, "cifar-100-python")}
+
+
+def resolve_data(spec: str) -> tuple[ImageDataset, str | None]:
+    """A dataset spec → (dataset, folder of released corruption arrays or None).
+
+    Besides every :func:`rws.data.load_dataset` spec, ``cifar10c:DIR`` / ``cifar100c:DIR`` name a
+    CIFAR-10-C / CIFAR-100-C folder; the clean test set is read from ``cifar-10-batches-py`` /
+    ``cifar-100-python`` inside or next to it.
+
+    Raises:
+        UsageError, UnknownNameError: a bad spec. InputFileError: the clean CIFAR folder is missing.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind not in _C_FOLDERS:
+        return load_dataset(spec), None
+    if not arg:
+        raise UsageError(f"dataset {spec!r}: give the folder, as in {kind}:path/to/CIFAR-10-C")
+    num_classes, clean_name = _C_FOLDERS[kind]
+    folder = Path(arg)
+    for cand in (folder / clean_name, folder.parent / clean_name):
+        if cand.is_dir():
+            return load_cifar(cand, num_classes), str(folder)
+    raise InputFileError(
+        folder, f"the clean test set is needed too: put {clean_name} inside or next to it"
+    )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import re
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from rws.errors import UsageError
+from rws.checkpoint import open_checkpoint
+from rws.errors import CheckpointError, UsageError
 from rws.models.layers import CIFAR_MEAN, CIFAR_STD, Normalize
 from rws.models.registry import create_model
 
@@ -115,3 +117,21 @@ def _timm_model(spec: str, name: str, num_classes: int, **kwargs: Any) -> nn.Mod
     model.register_forward_pre_hook(_normalize_input)
     logger.debug("built timm model %s (mean %s, std %s)", name, mean, std)
     return model
+
+
+def load_model(arch: str, weights: str | os.PathLike, num_classes: int) -> nn.Module:
+    """Build ``arch`` and load ``weights`` (any checkpoint rws reads) into it, strictly, in eval mode.
+
+    Raises:
+        CheckpointError: the checkpoint's tensor names or shapes do not fit the architecture.
+    """
+    model = resolve_model(arch, num_classes=num_classes)
+    ck = open_checkpoint(weights)
+    state = {k: ck.get(k).clone() for k in ck}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:300]
+        raise CheckpointError(ck.path, f"does not fit --arch {arch} ({detail})") from None
+    return model.eval()
