@@ -316,3 +316,26 @@ def test_debug_shows_traceback(ws: Path) -> None:
         ],
     )
     assert res.exit_code != 0 and isinstance(res.exception, rws.RwsError)
+
+
+def test_missing_tensor_and_forced_fingerprint_mismatch(ws: Path, trained: Trained) -> None:
+    run("extract", ws / "clean.safetensors", ws / "tuned.safetensors", "-o", ws / "p.safetensors")
+    partial = {k: v for k, v in trained.clean.state_dict().items() if k != "conv2.weight"}
+    save_file(partial, ws / "partial.safetensors")
+    before = _snapshot(ws)
+    code, out, err = run(
+        "apply", ws / "partial.safetensors", ws / "p.safetensors", "-o", ws / "o.safetensors"
+    )
+    assert code == 4 and out == "" and "tensor 'conv2.weight' is missing from" in err.strip()
+    assert len(err.strip().splitlines()) == 1 and _snapshot(ws) == before
+    code, out, err = run(
+        "apply",
+        ws / "tuned.safetensors",
+        ws / "p.safetensors",
+        "-o",
+        ws / "o.safetensors",
+        "--force",
+        "--clamp-var",
+    )
+    assert code == 0 and "warning: " in err and "differs from the patch's base fingerprint" in err
+    assert (ws / "o.safetensors").exists() and "base fingerprints 0/" in out
