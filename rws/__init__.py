@@ -15,12 +15,14 @@ from rws.robustness.attacks import attack, list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, corrupt, list_corruptions
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
+from rws.train import TrainConfig, finetune, recalibrate_bn
 
 __all__ = [
     "CORRUPTIONS",
     "Patch",
     "Report",
     "RwsError",
+    "TrainConfig",
     "__version__",
     "apply",
     "apply_file",
@@ -30,6 +32,7 @@ __all__ = [
     "describe",
     "evaluate",
     "extract",
+    "finetune",
     "layer_deltas",
     "list_attacks",
     "list_codecs",
@@ -38,6 +41,7 @@ __all__ = [
     "list_models",
     "load",
     "patched",
+    "recalibrate_bn",
     "remove",
     "remove_file",
 ]

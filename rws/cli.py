@@ -16,7 +16,10 @@ from typer.core import TyperGroup
 
 import rws
 from rws.checkpoint import check_output_path
+from rws.cli_analysis import identify_command, similarity_command
+from rws.cli_demo import demo_command
 from rws.cli_eval import eval_command
+from rws.cli_train import finetune_command
 from rws.errors import RwsError, UsageError
 
 
@@ -139,9 +142,18 @@ def _patch_summary(desc: dict[str, Any]) -> str:
 @app.command()
 def extract(
     base: Annotated[str, typer.Argument(help="Base checkpoint (.safetensors, folder, .pt/.bin).")],
-    tuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint of the same architecture.")],
+    tuned: Annotated[
+        list[str],
+        typer.Argument(help="Fine-tuned checkpoint(s); several only with --method rws (averaged)."),
+    ],
     output: OutOpt,
-    method: Annotated[str, typer.Option(help="How to make the delta: delta.")] = "delta",
+    method: Annotated[str, typer.Option(help="How to make the delta: delta or rws.")] = "delta",
+    origin: Annotated[
+        str | None, typer.Option(help="--method rws: the origin W0 both models were tuned from.")
+    ] = None,
+    bn: Annotated[
+        str | None, typer.Option(help="--method rws: BatchNorm tensors: average, delta or skip.")
+    ] = None,
     codec: CodecOpt = "fp32",
     blocksize: BlockOpt = 64,
     shallow: Annotated[int | None, typer.Option(help="Keep the first K layers.")] = None,
@@ -154,19 +166,30 @@ def extract(
     tag: Annotated[list[str] | None, typer.Option(help="key=value label (repeatable).")] = None,
     description: Annotated[str, typer.Option(help="Free text stored in the metadata.")] = "",
 ) -> None:
-    """Extract the delta TUNED − BASE into a patch file.
+    """Extract the delta TUNED − BASE (or a Robust Weight Signature) into a patch file.
 
     Example: rws extract clean.safetensors fog.safetensors -o fog.rws.safetensors --codec int8 --shallow 3
+
+    Signature: rws extract --method rws --origin w0.safetensors clean.safetensors fog-1.safetensors
+    fog-2.safetensors -o fog.rws.safetensors (the projection of REFERENCES: RWS = dk − proj_dc dk)
     """
-    check_output_path(output, [base, tuned])
+    check_output_path(output, [base, *tuned, *([origin] if origin else [])])
+    options: dict[str, Any] = {}
+    if method == "rws":
+        options = {"origin": origin, "robust": tuned[1:], "bn": bn or "average"}
+    elif origin or bn or len(tuned) > 1:
+        raise UsageError("--origin, --bn and several TUNED checkpoints need --method rws")
     patch = rws.extract(
-        base, tuned, method=method, codec=codec, blocksize=blocksize, shallow=shallow,
+        base, tuned[0], method=method, codec=codec, blocksize=blocksize, shallow=shallow,
         energy=energy, include=include, exclude=exclude, name=name, description=description,
-        tags=_tags(tag),
+        tags=_tags(tag), **options,
     )  # fmt: skip
     patch.save(output)
-    desc = rws.describe(output)
-    out.print(f"wrote {output}: {_patch_summary(desc)}")
+    if method == "rws" and not patch.provenance.get("projection", True):
+        err.print(
+            "note: no --origin: the signature is the plain delta TUNED − BASE (no projection)"
+        )
+    out.print(f"wrote {output}: {_patch_summary(rws.describe(output))}")
 
 
 @app.command()
@@ -365,6 +388,10 @@ def list_(
 
 
 app.command("eval")(eval_command)
+app.command("demo")(demo_command)
+app.command("finetune")(finetune_command)
+app.command("similarity")(similarity_command)
+app.command("identify")(identify_command)
 
 
 def run() -> None:  # pragma: no cover - console entry point used by `python -m rws`

@@ -1,0 +1,168 @@
+"""``rws``: Robust Weight Signatures (Cai, Zhang, Wang, ICML 2023).
+
+Checkpoints: an origin ``W0``, a clean model ``Wc`` fine-tuned from it on clean data (the patch's
+base) and one or more robust models ``Wk`` fine-tuned from it on one corruption. Per tensor,
+flattened, in float64, with ``dk = Wk − W0`` and ``dc = Wc − W0``::
+
+    RWSk = dk − (⟨dk, dc⟩ / ⟨dc, dc⟩)·dc        (dk without its component along dc)
+
+**What the patch stores** is ``RWS = mean_k RWSk`` itself, so that applying it at scale α gives the
+paper's ``W = Wc + α·RWS``: the signature is added to the clean weights, not to ``W0``. It is *not*
+``Wk − Wc`` (which is ``dk − dc``): the clean fine-tuning direction is removed from ``dk``, not
+subtracted in full. The mean over several robust models of one corruption is the paper's
+``Σk αk·RWSk`` with ``αk = α/|k|``, applied once (the reference multiplies by ``αk`` twice, an
+effective ``(α/|k|)²``; this module does not copy that). Without an origin the robust model is taken
+to be fine-tuned from the clean one: ``W0 = Wc``, ``dc = 0`` and the signature is the plain delta
+``Wk − Wc`` (facts record ``"projection": false``). Where ``dc = 0`` for one tensor (the clean
+fine-tune left it unchanged) nothing is projected out of it.
+
+BatchNorm tensors (the 1-D float tensors of a module that has a ``running_mean``):
+
+- ``average`` (default, the reference's handling): the robust models' BN tensors are averaged and
+  *replace* the clean ones; stored as the delta ``mean_k Wk − Wc``, so α = 1 replaces and α < 1
+  interpolates.
+- ``delta``: projected like every other tensor.
+- ``skip``: a zero delta, which the pipeline drops (listed in ``patch.skipped``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rws.arith import compute_dtype, exact_delta
+from rws.checkpoint import Checkpoint, Source, file_sha256, open_checkpoint
+from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
+from rws.methods.registry import DeltaFn, register_method
+from rws.select import module_of
+
+BN_MODES = ("average", "delta", "skip")
+BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+BnMode = Literal["average", "delta", "skip"]
+
+
+def batchnorm_tensors(ck: Checkpoint) -> set[str]:
+    """Names of the BatchNorm tensors of a checkpoint: the ``weight``, ``bias``, ``running_mean``
+    and ``running_var`` (1-D) of every module that has a ``running_mean``."""
+    keys = ck.keys()
+    modules = {module_of(n) for n in keys if n.endswith(".running_mean")}
+    return {
+        n
+        for n in keys
+        if module_of(n) in modules and n.rsplit(".", 1)[-1] in BN_SUFFIXES and len(ck.shape(n)) == 1
+    }
+
+
+def projection_out(dk: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    """``dk − (⟨dk,dc⟩/⟨dc,dc⟩)·dc`` over the flattened tensors, in float64 (``dk`` if ``dc = 0``).
+
+    Example:
+        >>> projection_out(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])).tolist()
+        [0.0, 1.0]
+    """
+    a = dk.detach().to(torch.float64).flatten()
+    c = dc.detach().to(torch.float64).flatten()
+    cc = float(torch.dot(c, c))
+    if cc == 0.0:
+        return a.reshape(dk.shape)
+    return (a - (float(torch.dot(a, c)) / cc) * c).reshape(dk.shape)
+
+
+def _as_sources(robust: Source | Sequence[Source] | None) -> list[Source]:
+    if robust is None:
+        return []
+    single = (str, os.PathLike, Mapping, nn.Module, Checkpoint)
+    if isinstance(robust, single):
+        return [robust]
+    return list(robust)
+
+
+def _describe(ck: Checkpoint) -> dict[str, Any]:
+    if os.path.isfile(ck.path):
+        return {"path": os.path.basename(ck.path), "sha256": file_sha256(ck.path)}
+    return {"path": ck.path}
+
+
+def _fetch(ck: Checkpoint, name: str, shape: tuple[int, ...], role: str) -> torch.Tensor:
+    if name not in ck:
+        hint = (
+            f"the {role} is not the same architecture; narrow the selection (--shallow, --exclude)"
+        )
+        raise MissingTensorError(name, ck.path, hint)
+    if tuple(ck.shape(name)) != tuple(shape):
+        raise ShapeMismatchError(name, shape, tuple(ck.shape(name)))
+    return ck.get(name)
+
+
+@register_method(
+    "rws",
+    kind="rws",
+    summary="Robust Weight Signature: robust − origin, clean direction projected out",
+    url="https://arxiv.org/abs/2302.12480",
+)
+def prepare_rws(
+    base: Checkpoint,
+    tuned: Checkpoint,
+    *,
+    origin: Source | None = None,
+    robust: Source | Sequence[Source] | None = None,
+    bn: BnMode = "average",
+    **unknown: Any,
+) -> tuple[DeltaFn, dict[str, Any]]:
+    """Robust Weight Signature of ``tuned`` (robust) against ``base`` (clean); see the module doc.
+
+    Args:
+        base: the clean model ``Wc`` (the checkpoint the patch is applied to).
+        tuned: a robust model ``Wk`` fine-tuned from the origin on one corruption.
+        origin: the shared start ``W0`` of both; ``None`` means ``tuned`` was fine-tuned from
+            ``base`` (no projection: the plain delta).
+        robust: more robust models of the same corruption; the signature is the mean of all.
+        bn: BatchNorm handling: ``average``, ``delta`` or ``skip``.
+
+    Returns:
+        ``(delta_of, facts)``: ``delta_of(name)`` is the signature of one tensor (compute dtype of
+        the base tensor); facts are ``projection``, ``bn``, ``origin`` and ``robust``.
+
+    Raises:
+        UsageError: an unknown option or ``bn`` value.
+        MissingTensorError, ShapeMismatchError: (when a tensor is asked for) the origin or an
+            extra robust model lacks it or has another shape.
+    """
+    if unknown:
+        raise UsageError(
+            f"method 'rws' takes origin, robust and bn (got {', '.join(sorted(unknown))})"
+        )
+    if bn not in BN_MODES:
+        raise UsageError(f"--bn {bn!r}: choose one of {', '.join(BN_MODES)}")
+    w0 = open_checkpoint(origin) if origin is not None else None
+    models = [tuned, *(open_checkpoint(s) for s in _as_sources(robust))]
+    bn_names = batchnorm_tensors(base)
+
+    def delta_of(name: str) -> torch.Tensor:
+        wc = base.get(name)
+        shape = tuple(wc.shape)
+        cd = compute_dtype(wc.dtype)
+        if name in bn_names and bn == "skip":
+            return torch.zeros(shape, dtype=cd)
+        wks = [_fetch(m, name, shape, "robust model") for m in models]
+        if len(wks) == 1 and (w0 is None or (name in bn_names and bn == "average")):
+            return exact_delta(wc, wks[0])  # bit-exact Wk − Wc (plain delta or BN replacement)
+        mean_wk = torch.stack([w.detach().to(torch.float64) for w in wks]).mean(0)
+        if w0 is None or (name in bn_names and bn == "average"):
+            return (mean_wk - wc.detach().to(torch.float64)).to(cd)
+        w0t = _fetch(w0, name, shape, "origin").detach().to(torch.float64)
+        # projection is linear in dk, so mean_k RWSk = RWS of mean_k dk
+        return projection_out(mean_wk - w0t, wc.detach().to(torch.float64) - w0t).to(cd)
+
+    facts = {
+        "projection": w0 is not None,
+        "bn": bn,
+        "origin": _describe(w0) if w0 is not None else None,
+        "robust": [_describe(m) for m in models],
+        "signature": "mean over robust models of dk − (<dk,dc>/<dc,dc>)·dc; patch W = Wc + α·RWS",
+    }
+    return delta_of, facts
