@@ -201,13 +201,42 @@ def apply(
     clamp_var: Annotated[
         bool, typer.Option("--clamp-var", help="Clamp BN running variances at 0.")
     ] = False,
+    recalibrate_bn: Annotated[
+        str | None,
+        typer.Option(help="Re-estimate BN statistics afterwards on this dataset (needs --arch)."),
+    ] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture, for --recalibrate-bn.")] = None,
+    severity: Annotated[
+        str, typer.Option(help="--recalibrate-bn: severity S or LO-HI of the corrupted data.")
+    ] = "5",
 ) -> None:
     """Add patches to a checkpoint: w' = w + Σ α·scale·δ (streamed, one tensor at a time).
+
+    With --recalibrate-bn DATA --arch A, BatchNorm running statistics are then re-estimated on
+    DATA's training images, corrupted by the patches' `corruption` tags (as the RWS reference does
+    for ResNets).
 
     Example: rws apply clean.safetensors fog.rws.safetensors:0.8 snow.rws.safetensors -o out.safetensors
     """
     items = [(p, 1.0 if a is None else a) for p, a in _load_patches(patches)]
-    res = rws.apply_file(base, items, output, force=force, clamp_var=clamp_var)
+    if recalibrate_bn is None:
+        res = rws.apply_file(base, items, output, force=force, clamp_var=clamp_var)
+    else:
+        from rws.atomic import atomic_output
+        from rws.cli_train import parse_severity
+        from rws.recalibrate import recalibrate_file
+
+        if arch is None:
+            raise UsageError("--recalibrate-bn needs --arch (the model to run the data through)")
+        sev = parse_severity(severity)
+        check_output_path(output, [base, *[p.source for p, _ in items if p.source]])
+        tags = [p.tags["corruption"] for p, _ in items if "corruption" in p.tags]
+        with atomic_output(output) as tmp:  # both steps or nothing
+            res = rws.apply_file(base, items, tmp, force=force, clamp_var=clamp_var)
+            info = recalibrate_file(tmp, tmp, arch=arch, data=recalibrate_bn, corruptions=tags,
+                                    severity=sev, label=f"{base} + patches")  # fmt: skip
+        res.output = str(output)
+        err.print(f"recalibrated BatchNorm statistics: {json.dumps(info)}", markup=False)
     for w in res.report.warnings:
         err.print(f"warning: {w}", markup=False)
     out.print(

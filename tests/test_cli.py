@@ -339,3 +339,47 @@ def test_missing_tensor_and_forced_fingerprint_mismatch(ws: Path, trained: Train
     )
     assert code == 0 and "warning: " in err and "differs from the patch's base fingerprint" in err
     assert (ws / "o.safetensors").exists() and "base fingerprints 0/" in out
+
+
+def test_apply_with_bn_recalibration(ws: Path, trained: Trained) -> None:
+    run(
+        "extract",
+        ws / "clean.safetensors",
+        ws / "tuned.safetensors",
+        "-o",
+        ws / "p.safetensors",
+        "--tag",
+        "corruption=gaussian_noise",
+    )
+    code, out, err = run(
+        "apply", ws / "clean.safetensors", ws / "p.safetensors", "-o", ws / "r.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "small-cnn", "--severity", "3-5",
+    )  # fmt: skip
+    assert code == 0, err
+    assert '"corruptions": ["gaussian_noise"]' in err and "applied stack" in out
+    run("apply", ws / "clean.safetensors", ws / "p.safetensors", "-o", ws / "plain.safetensors")
+    rec, plain = load_file(ws / "r.safetensors"), load_file(ws / "plain.safetensors")
+    assert torch.equal(rec["conv1.weight"], plain["conv1.weight"])  # weights as patched
+    assert not torch.equal(
+        rec["bn1.running_var"], plain["bn1.running_var"]
+    )  # statistics re-estimated
+    assert (
+        json.loads(run("inspect", ws / "r.safetensors", "--json")[1])["applied"][0]["scale"] == 1.0
+    )
+    before = _snapshot(ws)
+    code, _, err = run(
+        "apply", ws / "clean.safetensors", ws / "p.safetensors", "-o", ws / "s.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "resnet20",
+    )  # fmt: skip
+    assert code == 3 and "clean.safetensors + patches: does not fit --arch resnet20" in err
+    assert _snapshot(ws) == before
+    code, _, err = run(
+        "apply",
+        ws / "clean.safetensors",
+        ws / "p.safetensors",
+        "-o",
+        ws / "s.safetensors",
+        "--recalibrate-bn",
+        "digits",
+    )
+    assert code == 2 and "--recalibrate-bn needs --arch" in err
