@@ -135,7 +135,7 @@ def main() -> None:
             shallow=cfg.shallow,
             bn="delta",
             name=f"{k}.rws",
-        )  # fmt: skip
+        )
         for k in ks
     ]
     rep_up = rws.evaluate(
