@@ -18,7 +18,7 @@ from typing import Any
 from rws.checkpoint import Source, check_output_path, open_checkpoint, tensor_sha256
 from rws.errors import MissingTensorError, NotAppliedError
 from rws.format import applied_metadata, read_applied
-from rws.ops import PatchReport, check_target, patch_tensor, summed_deltas
+from rws.ops import PatchReport, check_target, group_by_tensor, patch_tensor
 from rws.patch import Patch, as_items
 from rws.safetensors_io import StreamWriter
 
@@ -46,7 +46,7 @@ def _stream(
 ) -> PatchReport:
     ck = open_checkpoint(source)
     where = ck.path
-    plan = summed_deltas(items)
+    plan = group_by_tensor(items)
     for name, parts in plan.items():  # every cheap check before the first byte is written
         if name not in ck:
             raise MissingTensorError(name, where, "the patch was made for another model")

@@ -45,7 +45,7 @@ class PatchReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def summed_deltas(
+def group_by_tensor(
     items: Sequence[tuple[Patch, float]], scale: float = 1.0
 ) -> dict[str, list[tuple[Patch, float]]]:
     """Tensor name → the (patch, effective α) pairs touching it, in order of first appearance."""
@@ -203,7 +203,7 @@ def _run(
 ) -> PatchReport:
     state = _state(target)
     where = f"<{type(target).__name__}>"
-    plan = summed_deltas(as_items(patches), scale)
+    plan = group_by_tensor(as_items(patches), scale)
     for name in plan:
         if name not in state:
             raise MissingTensorError(name, where, "the patch was made for another model")

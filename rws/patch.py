@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -275,7 +275,7 @@ def compose(
         BaseMismatchError: two patches touch one tensor but were taken against different bases
             (``force=True`` to sum anyway).
     """
-    items = [_with_alpha(p) for p in patches]
+    items = as_items(patches)
     if not items:
         raise UsageError("compose needs at least one patch")
     order: list[str] = []
@@ -335,8 +335,6 @@ def _with_alpha(p: Patch | tuple[Patch, float]) -> tuple[Patch, float]:
     raise UsageError(f"expected a Patch or (Patch, alpha), got {type(p).__name__}")
 
 
-def as_items(
-    patches: Iterable[Patch | tuple[Patch, float]] | Mapping[Any, Any],
-) -> list[tuple[Patch, float]]:
+def as_items(patches: Iterable[Patch | tuple[Patch, float]]) -> list[tuple[Patch, float]]:
     """Normalise ``Patch`` / ``(Patch, α)`` arguments to ``(Patch, α)`` pairs."""
     return [_with_alpha(p) for p in patches]
