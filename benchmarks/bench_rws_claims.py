@@ -139,7 +139,14 @@ def main() -> None:
         for k in ks
     ]
     rep_up = rws.evaluate(
-        updated, data, corruptions=ks, patches=sigs, seed=cfg.seed, device="cpu", force=True
+        updated,
+        data,
+        corruptions=ks,
+        patches=sigs,
+        seed=cfg.seed,
+        device="cpu",
+        force=True,
+        clamp_var=True,
     )
     for k in ks:
         v = rep_up.variant(f"{k}.rws")

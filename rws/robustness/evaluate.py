@@ -337,6 +337,7 @@ def evaluate(
     masking_examples: int = 128,
     strict: bool = False,
     force: bool = False,
+    clamp_var: bool = False,
     progress: bool = False,
 ) -> Report:
     """Evaluate ``model`` and each patched variant on the same clean, corrupted and attacked inputs.
@@ -365,6 +366,7 @@ def evaluate(
         masking_examples: examples used by those checks.
         strict: raise ``EvaluationError`` when a check warns.
         force: apply patches whose base fingerprints differ from the model's.
+        clamp_var: clamp BatchNorm running variances a patch drives below 0 (else refused).
         progress: rich progress bars on stderr.
 
     Returns:
@@ -440,7 +442,11 @@ def evaluate(
                 name += "'"
             used.add(name)
             task = prog.add_task(f"evaluating {name}", total=steps_per_variant)
-            ctx = nullcontext() if item is None else patched(model, item, force=force)
+            ctx = (
+                nullcontext()
+                if item is None
+                else patched(model, item, force=force, clamp_var=clamp_var)
+            )
             with ctx:
                 local, seen = _run_variant(model, inp, cfg, lambda k, t=task: prog.advance(t, k))
                 found = _masking(model, inp, cfg) if attacks and check_masking else []
