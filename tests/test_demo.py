@@ -13,14 +13,19 @@ import rws
 from rws.cli import app
 from rws.demo import DemoConfig, run_demo
 
-CFG = DemoConfig(corruptions=("gaussian_noise", "fog"), alphas=(0.5, 1.0))  # default training
+CFG = DemoConfig()  # the shipped signature library is this configuration's output (1 thread)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rws.Report]:
+    """`rws demo` with its default configuration, on one thread like `signatures/` was made."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, CFG).report
+    try:
+        out = tmp_path_factory.mktemp("demo")
+        return out, run_demo(out, CFG).report
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _mean(v: rws.robustness.report.Variant, c: str) -> float:
@@ -50,7 +55,7 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
 
 def test_second_run_reuses_checkpoints_and_reproduces(demo: tuple[Path, rws.Report]) -> None:
     out, report = demo
-    again = run_demo(out, CFG)
+    again = run_demo(out, CFG)  # evaluation only: every checkpoint comes from the cache
     assert sorted(again.cached) == sorted(
         ["origin.safetensors", "clean.safetensors"]
         + [f"robust-{k}.safetensors" for k in CFG.corruptions]
@@ -63,3 +68,24 @@ def test_cli_demo_and_bad_corruption(tmp_path: Path) -> None:
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--corruptions", "fogg"])
     assert res.exit_code == 2 and res.stderr.strip().startswith("error: unknown corruption 'fogg'")
     assert not (tmp_path / "origin.safetensors").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_regenerating_reproduces_the_shipped_signature_library(
+    demo: tuple[Path, rws.Report],
+) -> None:
+    """`signatures/` is `rws demo`'s output (see signatures/README.md); regenerating must give the
+    same tensors, bit for bit (the patch fingerprint covers names, codecs and stored bytes)."""
+    out, _ = demo
+    index = json.loads((ROOT / "signatures" / "index.json").read_text())
+    assert sorted(e["corruption"] for e in index["signatures"]) == sorted(CFG.corruptions)
+    for entry in index["signatures"]:
+        shipped = rws.load(ROOT / "signatures" / entry["file"])
+        fresh = rws.load(out / "signatures" / entry["file"])
+        assert fresh.fingerprint() == shipped.fingerprint(), entry["file"]
+    for name in ("origin.safetensors", "clean.safetensors"):
+        a = rws.checkpoint.open_checkpoint(ROOT / "signatures" / name).state_dict()
+        b = rws.checkpoint.open_checkpoint(out / name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
