@@ -56,6 +56,9 @@ def demo_command(
             f"signature {res.signatures[k]}: {size / 1024:.1f} KiB, "
             f"{res.model_bytes / size:.1f}× smaller than the fp32 model ({res.model_bytes / 1024:.1f} KiB)"
         )
-    stdout.print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, {out / 'report.png'}")
+    stdout.print(
+        f"wrote {out / 'report.json'}, {out / 'report.csv'}, {out / 'report.png'}, "
+        f"{out / 'signatures-similarity.png'}"
+    )
     if res.cached:
         err.print(f"reused from an earlier run: {', '.join(res.cached)}")

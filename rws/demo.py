@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from rws.analysis import plot_similarity, similarity
 from rws.data import ImageDataset, load_digits
 from rws.errors import UsageError
 from rws.extract import extract
@@ -173,5 +174,7 @@ def run_demo(
     report.save_json(out / "report.json")
     report.save_csv(out / "report.csv")
     report.save_plots(out / "report.png")
+    if len(fp32_sigs) > 1:  # signatures of different corruptions should look different
+        plot_similarity(similarity(fp32_sigs), out / "signatures-similarity.png")
     model_path = out / "clean.safetensors"
     return DemoResult(report, out, signatures, sizes, model_path.stat().st_size, cached)

@@ -37,7 +37,8 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
     names = [v.name for v in report.variants]
     assert names[0] == "base" and "gaussian_noise.rws" in names and "fog.rws-int8" in names
     assert "gaussian_noise.rws@0.5" in names and names[-1].startswith("all.rws")
-    for f in ("report.json", "report.csv", "report.png", "origin.safetensors", "clean.safetensors"):
+    files = ("report.json", "report.csv", "report.png", "signatures-similarity.png")
+    for f in (*files, "origin.safetensors", "clean.safetensors"):
         assert (out / f).stat().st_size > 0, f
     saved = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in saved["variants"]] == names
@@ -51,6 +52,16 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
         assert _mean(rws_v, k) > _mean(base, k) + 0.05  # clean + its signature recovers much of it
         q = report.variant(f"{k}.rws-int8")
         assert abs(_mean(q, k) - _mean(rws_v, k)) < 0.03  # int8 loses almost nothing
+        dial = [_mean(base, k)] + [
+            _mean(report.variant(f"{k}.rws@{a:g}"), k) for a in CFG.alphas[:-1]
+        ]
+        dial.append(_mean(rws_v, k))
+        assert dial == sorted(dial)  # α is a monotone dial on its corruption
+    # composing (αk = 1/3) helps on average; per corruption it is fragile: on one thread the noise
+    # signature's third loses to the fog/contrast signatures (0.656 -> 0.587), on two it gains
+    comp = report.variants[-1]
+    assert comp.mean_corruption > base.mean_corruption + 0.05
+    assert sum(_mean(comp, k) > _mean(base, k) for k in CFG.corruptions) >= 2
 
 
 def test_second_run_reuses_checkpoints_and_reproduces(demo: tuple[Path, rws.Report]) -> None:
