@@ -15,6 +15,17 @@ from rws.data import load_digits
 from rws.models import create_model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> object:
+    """The whole suite runs on one intra-op thread: float sums then add up in one order (the
+    shipped signature library is reproduced bit for bit), and on a shared 2-core machine a second
+    thread mostly spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
     """No colour codes in CLI output, no Hub token, no progress bars."""

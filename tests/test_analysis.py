@@ -27,8 +27,6 @@ from rws.cli_analysis import identify_command, similarity_command
 from rws.errors import IntegrityError, MalformedInputError, UnknownNameError, UsageError
 from tests.test_methods_rws import CORRUPTIONS, SEEDS, zoo
 
-torch.set_num_threads(1)
-
 
 def _patch(name: str, **deltas: list) -> rws.Patch:
     base = {k.replace("_", "."): torch.zeros(torch.tensor(v).shape) for k, v in deltas.items()}

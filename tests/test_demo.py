@@ -18,14 +18,9 @@ CFG = DemoConfig()  # the shipped signature library is this configuration's outp
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rws.Report]:
-    """`rws demo` with its default configuration, on one thread like `signatures/` was made."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("demo")
-        return out, run_demo(out, CFG).report
-    finally:
-        torch.set_num_threads(threads)
+    """`rws demo` with its default configuration, on one thread (conftest) like `signatures/`."""
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, CFG).report
 
 
 def _mean(v: rws.robustness.report.Variant, c: str) -> float:

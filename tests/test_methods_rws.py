@@ -21,8 +21,6 @@ from rws.methods import METHODS
 from rws.methods.rws import batchnorm_tensors, projection_out
 from rws.models import create_model
 
-torch.set_num_threads(1)
-
 CORRUPTIONS = ("gaussian_noise", "fog", "contrast")
 SEEDS = (1, 2)
 

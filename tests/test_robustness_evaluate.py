@@ -30,30 +30,7 @@ from rws.robustness.report import (
     mcnemar_p,
     mean_corruption_error,
 )
-
-
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(perm), 32):
-            b = perm[i : i + 32]
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread only spins (≈8× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.conftest import train
 
 
 @dataclass
@@ -69,12 +46,12 @@ def trained_models() -> Models:
     """Trained once per session (shared with test_robustness_report.py)."""
     torch.manual_seed(0)
     data = load_digits()
-    clean = _train(create_model("small-cnn"), data.train.x, data.train.y, epochs=8, lr=3e-3)
+    clean = train(create_model("small-cnn"), data.train.x, data.train.y, epochs=8, lr=3e-3, seed=0)
     noisy = torch.cat(
         [corrupt(data.train.x, "gaussian_noise", s, generator=torch.Generator().manual_seed(s))
          for s in (3, 5)]
     )  # fmt: skip
-    tuned = _train(copy.deepcopy(clean), noisy, data.train.y.repeat(2), epochs=2, lr=1e-3)
+    tuned = train(copy.deepcopy(clean), noisy, data.train.y.repeat(2), epochs=2, lr=1e-3, seed=0)
     patch = rws.extract(clean, tuned, codec="int8", name="gauss")
     return Models(data, clean, tuned, patch)
 

@@ -20,15 +20,6 @@ from rws.robustness.report import Report, Variant, compare
 from tests.test_robustness_evaluate import trained_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def masked_cnn(num_classes: int = 10) -> torch.nn.Module:
     """small-cnn behind an input quantiser: zero input gradients (gradient masking)."""
     model = create_model("small-cnn", num_classes=num_classes)
