@@ -55,9 +55,16 @@ def _stream(
     meta = applied_metadata({"format": "pt", **ck.metadata}, stack)
     report = PatchReport()
     # sha256 of each base tensor runs in a thread (hashlib releases the GIL) while torch computes
-    with ThreadPoolExecutor(max_workers=1) as pool, StreamWriter(output, spec, meta) as writer:
-        for name in ck:
-            t = ck.get(name)
+    # Pipelined: a reader thread fetches the next tensor and a hasher fingerprints the current
+    # one while torch computes, and StreamWriter writes from its own thread. At most a few
+    # tensors are in memory at once.
+    names = list(ck)
+    with ThreadPoolExecutor(max_workers=2) as pool, StreamWriter(output, spec, meta) as writer:
+        ahead = pool.submit(ck.get, names[0]) if names else None
+        for i, name in enumerate(names):
+            assert ahead is not None
+            t = ahead.result()
+            ahead = pool.submit(ck.get, names[i + 1]) if i + 1 < len(names) else None
             if name in plan:
                 sha = None if inverse else pool.submit(tensor_sha256, t)
                 t = patch_tensor(

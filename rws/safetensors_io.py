@@ -18,7 +18,9 @@ import contextlib
 import json
 import math
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -109,7 +111,24 @@ class StreamWriter:
         tmp = self._ctx.__enter__()
         self._fh = open(tmp, "wb", buffering=0)
         self._fh.write(self._header)
+        # the bytes go out from a background thread (file writes release the GIL), so the next
+        # tensor is computed while this one is written; at most QUEUE tensors wait in memory
+        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=self.QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="rws-writer", daemon=True)
+        self._thread.start()
         return self
+
+    QUEUE = 2
+
+    def _drain(self) -> None:
+        assert self._fh is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._fh.write(item)
+                except BaseException as err:  # re-raised in the caller's thread
+                    self._error = err
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write the next tensor; names must come in the declared order with the declared layout."""
@@ -122,8 +141,9 @@ class StreamWriter:
                 f"StreamWriter: {name!r} is {tensor.dtype}{list(tensor.shape)}, "
                 f"declared {dt}{list(shape)}"
             )
-        assert self._fh is not None
-        self._fh.write(tensor_bytes(tensor))
+        if self._error is not None:
+            raise self._error
+        self._queue.put(tensor_bytes(tensor))  # keeps the tensor's memory alive until written
         self._next += 1
 
     def __exit__(
@@ -133,7 +153,12 @@ class StreamWriter:
         tb: TracebackType | None,
     ) -> None:
         assert self._fh is not None
+        self._queue.put(None)
+        self._thread.join()
         self._fh.close()
+        if exc_type is None and self._error is not None:
+            self._ctx.__exit__(type(self._error), self._error, None)  # deletes the temp file
+            raise self._error
         if exc_type is None and self._next != len(self._order):
             err = RuntimeError(
                 f"StreamWriter: closed before tensor {self._order[self._next]!r} was written"
