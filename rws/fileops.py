@@ -1,9 +1,10 @@
 """Apply and remove patches on checkpoint files, streamed one tensor at a time.
 
-The input is read lazily (safetensors through mmap), the output is written with
-:class:`~rws.safetensors_io.StreamWriter` (header first, then each tensor as it is computed, into a
-temp file renamed into place on success): peak memory is one tensor, not the model. The output's
-metadata keeps the input's and records the stack of applied patches under ``rws.applied``.
+The input is read with positioned reads (one tensor read ahead in a thread), the output is written
+with :class:`~rws.safetensors_io.StreamWriter` (header first, then each tensor as it is computed,
+from a writer thread, into a temp file renamed into place on success): peak memory is a few
+tensors, not the model. The output's metadata keeps the input's and records the stack of applied
+patches under ``rws.applied``.
 """
 
 from __future__ import annotations
