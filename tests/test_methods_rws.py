@@ -279,3 +279,21 @@ def test_signature_restores_robustness_on_its_corruption(corruption: str, margin
         after = accuracy(model, x, y)
     assert accuracy(model, x, y) == before  # restored on exit
     assert after >= before + margin, (before, after)
+
+
+def test_training_facts_of_a_finetuned_robust_checkpoint_reach_the_provenance(tmp_path) -> None:
+    import json as _json
+
+    from rws.safetensors_io import save_tensors
+
+    g = torch.Generator().manual_seed(5)
+    clean = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g)}
+    robust = {"conv.weight": clean["conv.weight"] + 0.1 * torch.randn(4, 3, 3, 3, generator=g)}
+    meta = {"arch": "small-cnn", "data": "digits", "corruptions": ["fog"], "severity": [3, 5],
+            "epochs": 4, "seed": 2, "history": []}  # fmt: skip
+    save_tensors(tmp_path / "robust.safetensors", robust, {"rws.finetune": _json.dumps(meta)})
+    patch = rws.extract(clean, tmp_path / "robust.safetensors", method="rws")
+    assert patch.provenance["trained"] == {
+        k: meta[k] for k in ("arch", "data", "corruptions", "severity", "epochs", "seed")
+    }
+    assert patch.provenance["projection"] is False

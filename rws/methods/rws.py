@@ -27,6 +27,7 @@ BatchNorm tensors (the 1-D float tensors of a module that has a ``running_mean``
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -165,4 +166,20 @@ def prepare_rws(
         "robust": [_describe(m) for m in models],
         "signature": "mean over robust models of dk − (<dk,dc>/<dc,dc>)·dc; patch W = Wc + α·RWS",
     }
+    trained = _training_facts(
+        tuned
+    )  # arch, dataset, corruption, severity when `rws finetune` made it
+    if trained:
+        facts["trained"] = trained
     return delta_of, facts
+
+
+def _training_facts(ck: Checkpoint) -> dict[str, Any]:
+    """What ``rws finetune`` recorded about how a robust checkpoint was trained (or nothing)."""
+    raw = ck.metadata.get("rws.finetune") if ck.metadata else None
+    try:
+        meta = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    keys = ("arch", "data", "corruptions", "severity", "epochs", "seed")
+    return {k: meta[k] for k in keys if isinstance(meta, dict) and k in meta}
