@@ -274,6 +274,19 @@ def _shards(index: Path) -> dict[str, list[str]]:
     return files
 
 
+def describe_source(source: Source) -> dict[str, str]:
+    """Provenance of a source: its file name and sha256, or its in-memory label."""
+    if isinstance(source, Checkpoint):
+        path = source.path
+    elif isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+    else:
+        path = "<memory>"
+    if os.path.isfile(path):
+        return {"path": os.path.basename(path), "sha256": file_sha256(path)}
+    return {"path": path}
+
+
 def input_paths(source: Source) -> list[str]:
     """Real paths of the files a source reads (to refuse writing an output over an input)."""
     if isinstance(source, SafetensorsCheckpoint):

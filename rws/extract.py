@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rws import codecs
-from rws.checkpoint import Checkpoint, Source, file_sha256, open_checkpoint
+from rws.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.methods import METHODS
 from rws.patch import Patch, encode_deltas, provenance
@@ -71,14 +70,6 @@ def _layer_delta(layer: Layer, energy: Mapping[str, tuple[float, float]]) -> Lay
     d2 = sum(energy[n][0] for n in layer.tensors)
     w2 = sum(energy[n][1] for n in layer.tensors)
     return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5)
-
-
-def _describe(source: Source) -> dict[str, Any]:
-    if isinstance(source, str | os.PathLike) and os.path.isfile(source):
-        return {"path": os.path.basename(os.fspath(source)), "sha256": file_sha256(source)}
-    if isinstance(source, Checkpoint) and os.path.isfile(source.path):
-        return {"path": os.path.basename(source.path), "sha256": file_sha256(source.path)}
-    return {"path": str(source) if isinstance(source, str | os.PathLike) else "<memory>"}
 
 
 def extract(
@@ -145,8 +136,8 @@ def extract(
             codec=codec,
             blocksize=blocksize if codec in ("int8", "bnb8", "nf4", "fp4") else None,
             selection=selection,
-            base=_describe(base),
-            tuned=_describe(tuned),
+            base=describe_source(base),
+            tuned=describe_source(tuned),
             **facts,
         ),
         skipped=skipped,

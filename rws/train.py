@@ -28,12 +28,12 @@ from rich.progress import Progress
 from torch import nn
 
 from rws.data.types import ImageDataset, Split
+from rws.device import resolve_device
 from rws.errors import CheckpointError, OutputPathError, UsageError
 from rws.models import resolve_model
 from rws.robustness.corruptions import corrupt, get_corruption
 from rws.safetensors_io import save_tensors
 from rws.train_state import (
-    DEVICE_PATTERN,
     STATE_FILE,
     EpochStats,
     TrainConfig,
@@ -64,17 +64,6 @@ __all__ = [
 ]
 
 RESULT_KEY = "rws.finetune"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available else CPU; ``"cuda[:n]"`` must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r}: no CUDA device is available; use cpu or auto")
-    if not DEVICE_PATTERN.match(device):
-        raise UsageError(f"unknown device {device!r}; choose cpu, cuda[:n] or auto")
-    return torch.device(device)
 
 
 def init_model(arch: str, num_classes: int, *, seed: int) -> nn.Module:

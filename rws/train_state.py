@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from rws.data.types import ImageDataset
+from rws.device import DEVICE_PATTERN
 from rws.errors import CheckpointError, IntegrityError, UnknownNameError, UsageError
 from rws.robustness.corruptions import get_corruption
 from rws.safetensors_io import TensorFile, save_tensors, tensor_bytes
@@ -38,7 +38,6 @@ META_KEY = "rws.train_state"
 FORMAT = 1
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _MAY_CHANGE_ON_RESUME = ("epochs", "device", "extra")
 _MODEL, _OPT, _RNG = "model.", "opt.state.", "rng.train"
 

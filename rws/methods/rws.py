@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from rws.arith import compute_dtype, exact_delta
-from rws.checkpoint import Checkpoint, Source, file_sha256, open_checkpoint
+from rws.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.methods.registry import DeltaFn, register_method
 from rws.select import module_of
@@ -80,12 +80,6 @@ def _as_sources(robust: Source | Sequence[Source] | None) -> list[Source]:
     if isinstance(robust, single):
         return [robust]
     return list(robust)
-
-
-def _describe(ck: Checkpoint) -> dict[str, Any]:
-    if os.path.isfile(ck.path):
-        return {"path": os.path.basename(ck.path), "sha256": file_sha256(ck.path)}
-    return {"path": ck.path}
 
 
 def _fetch(ck: Checkpoint, name: str, shape: tuple[int, ...], role: str) -> torch.Tensor:
@@ -162,8 +156,8 @@ def prepare_rws(
     facts = {
         "projection": w0 is not None,
         "bn": bn,
-        "origin": _describe(w0) if w0 is not None else None,
-        "robust": [_describe(m) for m in models],
+        "origin": describe_source(w0) if w0 is not None else None,
+        "robust": [describe_source(m) for m in models],
         "signature": "mean over robust models of dk − (<dk,dc>/<dc,dc>)·dc; patch W = Wc + α·RWS",
     }
     trained = _training_facts(

@@ -27,6 +27,7 @@ from torch import nn
 
 from rws import __version__
 from rws.data import ImageDataset, Split, load_cifar_c, resolve_data
+from rws.device import resolve_device
 from rws.errors import (
     EvaluationError,
     MalformedInputError,
@@ -148,20 +149,6 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
         model.to(home)
         for m, training in modes:
             m.training = training
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r}: no CUDA device is available; use cpu or auto")
-        return torch.device(device)
-    if device != "cpu":
-        raise UsageError(f"unknown device {device!r}; choose cpu, cuda[:n] or auto")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -393,7 +380,7 @@ def evaluate(
         if n_examples > total:
             logger.warning("n_examples=%d but the test split has %d; using all", n_examples, total)
     n = total if n_examples is None else min(n_examples, total)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if amp and dev.type != "cuda":
         logger.info("amp is only used on CUDA; evaluating in fp32")
     rank, world = dist.rank_and_world()
