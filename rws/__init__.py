@@ -3,11 +3,14 @@
 __version__ = "0.1.0"
 
 from rws.codecs import list_codecs
+from rws.criticality import mrc
 from rws.errors import RwsError
 from rws.extract import extract, layer_deltas
 from rws.fileops import apply_file, remove_file
 from rws.inspect import describe
 from rws.methods import list_methods
+from rws.methods.interpolation import interpolate
+from rws.methods.rift import rift
 from rws.models import list_models
 from rws.ops import apply, patched, remove
 from rws.patch import Patch, compose, load
@@ -33,6 +36,7 @@ __all__ = [
     "evaluate",
     "extract",
     "finetune",
+    "interpolate",
     "layer_deltas",
     "list_attacks",
     "list_codecs",
@@ -40,8 +44,10 @@ __all__ = [
     "list_methods",
     "list_models",
     "load",
+    "mrc",
     "patched",
     "recalibrate_bn",
     "remove",
     "remove_file",
+    "rift",
 ]

@@ -19,6 +19,7 @@ from rws.checkpoint import check_output_path
 from rws.cli_analysis import identify_command, similarity_command
 from rws.cli_demo import demo_command
 from rws.cli_eval import eval_command
+from rws.cli_rift import advtrain_command, mrc_command, rift_command
 from rws.cli_train import finetune_command
 from rws.errors import RwsError, UsageError
 
@@ -103,6 +104,15 @@ def _load_patches(specs: list[str]) -> list[tuple[rws.Patch, float | None]]:
     return [(rws.load(p), a) for p, a in map(parse_patch_arg, specs)]
 
 
+def _alpha(text: str | None) -> float | str:
+    if text is None or text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--alpha {text!r}: give a number or auto") from None
+
+
 def _tags(items: list[str] | None) -> dict[str, str]:
     tags = {}
     for item in items or []:
@@ -147,13 +157,31 @@ def extract(
         typer.Argument(help="Fine-tuned checkpoint(s); several only with --method rws (averaged)."),
     ],
     output: OutOpt,
-    method: Annotated[str, typer.Option(help="How to make the delta: delta or rws.")] = "delta",
+    method: Annotated[
+        str, typer.Option(help="How to make the delta: delta, rws, interpolation or rift.")
+    ] = "delta",
     origin: Annotated[
         str | None, typer.Option(help="--method rws: the origin W0 both models were tuned from.")
     ] = None,
     bn: Annotated[
         str | None, typer.Option(help="--method rws: BatchNorm tensors: average, delta or skip.")
     ] = None,
+    alpha: Annotated[
+        str | None,
+        typer.Option(help="--method interpolation: the scale α, or auto (needs --data)."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="--alpha auto: validation data (digits, cifar10:DIR, …).")
+    ] = None,
+    arch: Annotated[str | None, typer.Option(help="--alpha auto: the architecture.")] = None,
+    criterion: Annotated[
+        str, typer.Option(help="--alpha auto: clean, corrupted, robust or clean=1,corrupted=1.")
+    ] = "clean",
+    max_robust_drop: Annotated[
+        float | None, typer.Option(help="--alpha auto: largest PGD-accuracy fall (fraction).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="--alpha auto: the α curve plot.")] = None,
+    device: Annotated[str, typer.Option(help="--alpha auto: cpu, cuda[:n] or auto.")] = "auto",
     codec: CodecOpt = "fp32",
     blocksize: BlockOpt = 64,
     shallow: Annotated[int | None, typer.Option(help="Keep the first K layers.")] = None,
@@ -174,17 +202,40 @@ def extract(
     fog-2.safetensors -o fog.rws.safetensors (the projection of REFERENCES: RWS = dk − proj_dc dk)
     """
     check_output_path(output, [base, *tuned, *([origin] if origin else [])])
+    if plot is not None:
+        check_output_path(plot, [base, *tuned])
     options: dict[str, Any] = {}
     if method == "rws":
         options = {"origin": origin, "robust": tuned[1:], "bn": bn or "average"}
     elif origin or bn or len(tuned) > 1:
         raise UsageError("--origin, --bn and several TUNED checkpoints need --method rws")
-    patch = rws.extract(
-        base, tuned[0], method=method, codec=codec, blocksize=blocksize, shallow=shallow,
-        energy=energy, include=include, exclude=exclude, name=name, description=description,
-        tags=_tags(tag), **options,
-    )  # fmt: skip
+    if (method == "interpolation") != (alpha is not None):
+        raise UsageError("--method interpolation takes --alpha A|auto (and only it does)")
+    if alpha not in (None, "auto") and (data or plot or max_robust_drop is not None):
+        raise UsageError("--data, --plot and --max-robust-drop go with --alpha auto")
+    common = dict(codec=codec, blocksize=blocksize, shallow=shallow, energy=energy,
+                  include=include, exclude=exclude, name=name, description=description,
+                  tags=_tags(tag))  # fmt: skip
+    if method == "interpolation":
+        patch = rws.interpolate(
+            base, tuned[0], alpha=_alpha(alpha), data=data, arch=arch, criterion=criterion,
+            max_robust_drop=max_robust_drop, device=device, progress=True, **common,
+        )  # fmt: skip
+    else:
+        patch = rws.extract(base, tuned[0], method=method, **common, **options)
     patch.save(output)
+    if "alpha_curve" in patch.provenance:
+        from rws.alpha import AlphaCurve, AlphaPoint, plot_alpha_curve
+        from rws.cli_rift import alpha_table
+
+        c = patch.provenance["alpha_curve"]
+        points = [AlphaPoint(**p) for p in c["points"]]
+        curve = AlphaCurve(points, next(p for p in points if p.alpha == c["chosen"]),
+                           c["criterion"], c["max_robust_drop"], c["n_examples"])  # fmt: skip
+        out.print(alpha_table(curve))
+        if plot is not None:
+            plot_alpha_curve(curve, str(plot), title="interpolation")
+            out.print(f"wrote {plot}", markup=False)
     if method == "rws" and not patch.provenance.get("projection", True):
         err.print(
             "note: no --origin: the signature is the plain delta TUNED − BASE (no projection)"
@@ -421,6 +472,9 @@ app.command("demo")(demo_command)
 app.command("finetune")(finetune_command)
 app.command("similarity")(similarity_command)
 app.command("identify")(identify_command)
+app.command("advtrain")(advtrain_command)
+app.command("mrc")(mrc_command)
+app.command("rift")(rift_command)
 
 
 def run() -> None:  # pragma: no cover - console entry point used by `python -m rws`

@@ -128,9 +128,10 @@ def finetune_command(
 def _render(console: Any, res: Any) -> None:
     from rich.table import Table
 
-    corrupted = bool(res.config.corruptions)
+    corrupted = bool(res.config.corruptions or res.config.attack)
+    extra = "val acc (PGD)" if res.config.attack else "val acc (corrupted)"
     cols = ["epoch", "lr", "train loss", "train acc", "val acc (clean)"]
-    t = Table(*cols, *(["val acc (corrupted)"] if corrupted else []), "time (s)")
+    t = Table(*cols, *([extra] if corrupted else []), "time (s)")
     for h in res.history:
         row = [str(h.epoch), f"{h.lr:.3g}", f"{h.train_loss:.4f}", f"{h.train_acc:.4f}",
                f"{h.val_clean_acc:.4f}"]  # fmt: skip

@@ -39,3 +39,20 @@ def plot_layer_deltas(
     ax.set_title(title or "relative delta norm per layer")
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_mrc(
+    modules: Sequence[str], values: Sequence[float], path: str | os.PathLike, chosen: str = ""
+) -> None:
+    """Bar chart of module robust criticality in depth order, the least critical highlighted."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(modules)), 3.8))
+    colours = ["#c77c2e" if m == chosen else "#3b6ea5" for m in modules]
+    ax.bar(range(len(modules)), values, color=colours)
+    ax.set_xticks(range(len(modules)))
+    ax.set_xticklabels(modules, rotation=70, ha="right", fontsize=8)
+    ax.set_ylabel("MRC (adversarial loss increase)")
+    ax.set_xlabel("module (depth order)")
+    ax.set_title(f"module robust criticality; least critical: {chosen}" if chosen else "MRC")
+    save_figure(fig, path)
+    plt.close(fig)

@@ -31,6 +31,7 @@ from rws.data.types import ImageDataset, Split
 from rws.device import resolve_device
 from rws.errors import CheckpointError, OutputPathError, UsageError
 from rws.models import resolve_model
+from rws.robustness.attacks import attack
 from rws.robustness.corruptions import corrupt, get_corruption
 from rws.safetensors_io import save_tensors
 from rws.train_state import (
@@ -55,6 +56,7 @@ __all__ = [
     "EpochStats",
     "TrainConfig",
     "TrainResult",
+    "corrupted_inputs",
     "finetune",
     "init_model",
     "recalibrate_bn",
@@ -102,22 +104,30 @@ def _derived_seed(seed: int, tag: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{tag}".encode()).digest()[:8], "little") >> 1
 
 
-def _val_inputs(split: Split, config: TrainConfig) -> torch.Tensor:
-    """The validation images corrupted like training, fixed for a seed: example j gets the j-th
-    (corruption, severity) pair in turn, so every pair is evaluated evenly."""
-    if not config.corruptions or len(split) == 0:
-        return split.x
-    lo, hi = config.severity
-    cells = [(c, s) for c in config.corruptions for s in range(lo, hi + 1)]
-    g = torch.Generator().manual_seed(_derived_seed(config.seed, "val"))
-    out = split.x.clone()
-    step = max(config.batch_size, 256)
+def corrupted_inputs(
+    x: torch.Tensor, corruptions: Sequence[str], severity: tuple[int, int], *, seed: int,
+    batch_size: int = 256,
+) -> torch.Tensor:  # fmt: skip
+    """A fixed corrupted copy of ``x``: example j gets the j-th (corruption, severity) pair in
+    turn, so every pair is represented evenly; the same for a seed."""
+    if not corruptions or len(x) == 0:
+        return x
+    lo, hi = severity
+    cells = [(c, s) for c in corruptions for s in range(lo, hi + 1)]
+    g = torch.Generator().manual_seed(_derived_seed(seed, "val"))
+    out = x.clone()
     for k, (name, sev) in enumerate(cells):
-        idx = torch.arange(k, len(split), len(cells))
-        for a in range(0, len(idx), step):
-            chunk = idx[a : a + step]
-            out[chunk] = corrupt(split.x[chunk], name, sev, generator=g)
+        idx = torch.arange(k, len(x), len(cells))
+        for a in range(0, len(idx), batch_size):
+            chunk = idx[a : a + batch_size]
+            out[chunk] = corrupt(x[chunk], name, sev, generator=g)
     return out
+
+
+def _val_inputs(split: Split, config: TrainConfig) -> torch.Tensor:
+    """The validation images corrupted like training, fixed for the run's seed."""
+    return corrupted_inputs(split.x, config.corruptions, config.severity, seed=config.seed,
+                            batch_size=max(config.batch_size, 256))  # fmt: skip
 
 
 @torch.no_grad()
@@ -147,7 +157,7 @@ def _train_epoch(
     model: nn.Module, split: Split, c: TrainConfig, opt: torch.optim.Optimizer,
     g: torch.Generator, dev: torch.device, advance: Any,
 ) -> tuple[float, float]:  # fmt: skip
-    model.train()
+    _train_mode(model, c.trainable)
     perm = torch.randperm(len(split), generator=g)
     seed = int(torch.randint(2**62, (1,), generator=g))
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -161,6 +171,8 @@ def _train_epoch(
             x, y = split.x[idx].to(dev), split.y[idx].to(dev)
             if c.corruptions:
                 x = _corrupt_batch(x, c.corruptions, c.severity, g)
+            if c.attack:
+                x = _adversarial(model, x, y, c, g)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -173,6 +185,68 @@ def _train_epoch(
     return float(loss_sum) / seen, int(correct) / seen
 
 
+def _adversarial(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: TrainConfig, g: torch.Generator,
+    batch_size: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """L∞ PGD examples against ``model`` (in eval mode; its modes are restored afterwards)."""
+    return attack(model, x, y, c.attack, eps=c.eps, steps=c.attack_steps,
+                  step_size=c.step_size, generator=g, batch_size=batch_size)  # fmt: skip
+
+
+def _train_mode(model: nn.Module, trainable: Sequence[str]) -> None:
+    """Train mode for the whole model, or only for the ``trainable`` modules (and their children)."""
+    if not trainable:
+        model.train()
+        return
+    model.eval()
+    modules = dict(model.named_modules())
+    for name in trainable:
+        modules[name].train()
+
+
+@contextlib.contextmanager
+def _frozen_except(model: nn.Module, trainable: Sequence[str]) -> Iterator[None]:
+    """Freeze every parameter outside the ``trainable`` modules; restore ``requires_grad`` after."""
+    if not trainable:
+        yield
+        return
+    modules = dict(model.named_modules())
+    unknown = [n for n in trainable if n not in modules or n == ""]
+    if unknown:
+        layers = [n for n, m in modules.items() if n and not list(m.children())]
+        raise UsageError(
+            f"trainable module(s) {', '.join(map(repr, unknown))} not in the model; it has e.g. "
+            f"{', '.join(layers[:6])}"
+        )
+    prefixes = tuple(n + "." for n in trainable)
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UsageError(f"trainable module(s) {', '.join(trainable)} have no parameters")
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def _robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: TrainConfig, bs: int, dev: torch.device
+) -> float:
+    """Accuracy under the training attack, with random starts fixed for the run's seed."""
+    if len(y) == 0:
+        return math.nan
+    g = torch.Generator().manual_seed(_derived_seed(c.seed, "val-attack"))
+    x_adv = _adversarial(model, x.to(dev), y.to(dev), c, g, batch_size=bs)
+    return _accuracy(model, x_adv, y, bs, dev)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def finetune(
     model: nn.Module,
     data: ImageDataset,
@@ -182,6 +256,9 @@ def finetune(
     progress: bool = False,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``data.train``, corrupted on the fly as ``config`` says.
+
+    With ``config.attack="pgd"`` this is PGD adversarial training (``rws advtrain``); with
+    ``config.trainable`` only those modules learn (RiFT's module fine-tuning).
 
     Args:
         model: the starting point (an origin, a clean model, or a fresh initialisation).
@@ -210,10 +287,25 @@ def finetune(
         raise UsageError(f"dataset {data.name!r} has no training images")
     dev = resolve_device(config.device)
     home = next(iter(model.parameters()), torch.empty(0)).device
-    model.to(dev)
+    with _frozen_except(model, config.trainable):
+        model.to(dev)
+        res = _finetune(model, data, config, dev, checkpoint_dir, progress)
+    res.model.to(home).eval()
+    return res
+
+
+def _finetune(
+    model: nn.Module,
+    data: ImageDataset,
+    config: TrainConfig,
+    dev: torch.device,
+    checkpoint_dir: str | os.PathLike | None,
+    progress: bool,
+) -> TrainResult:
     opt = _make_optimizer(model, config)
     g = torch.Generator().manual_seed(config.seed)
     history: list[EpochStats] = []
+    best_state: dict[str, torch.Tensor] | None = None
     state_path: Path | None = None
     info: dict[str, Any] = {}
     if checkpoint_dir is not None:
@@ -233,6 +325,7 @@ def finetune(
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(state_path, f"does not fit the model ({exc})") from None
             g.set_state(st.generator)
+            best_state = st.best
             history = [EpochStats(**h) for h in st.info["history"]]
             logger.info("resuming from %s after epoch %d", state_path, st.epoch)
     resumed = len(history)
@@ -250,7 +343,14 @@ def finetune(
                                      lambda: bar.advance(task))  # fmt: skip
             bs = max(config.batch_size, 256)
             val_clean = _accuracy(model, data.val.x, data.val.y, bs, dev)
-            val = _accuracy(model, val_x, data.val.y, bs, dev) if config.corruptions else val_clean
+            if config.attack:
+                val = _robust_accuracy(model, val_x, data.val.y, config, bs, dev)
+            elif config.corruptions:
+                val = _accuracy(model, val_x, data.val.y, bs, dev)
+            else:
+                val = val_clean
+            if config.keep_best and (best_state is None or val > max(h.val_acc for h in history)):
+                best_state = _snapshot(model)
             history.append(
                 EpochStats(epoch + 1, lr, loss, acc, val, val_clean, time.perf_counter() - start)
             )
@@ -262,11 +362,18 @@ def finetune(
                 save_train_state(
                     state_path,
                     TrainState(
-                        model.state_dict(), opt.state_dict(), g.get_state(), epoch + 1, extra
+                        model.state_dict(),
+                        opt.state_dict(),
+                        g.get_state(),
+                        epoch + 1,
+                        extra,
+                        best_state,
                     ),
                 )
     best = max(history, key=lambda h: -1.0 if math.isnan(h.val_acc) else h.val_acc)
-    return TrainResult(model.to(home).eval(), config, history, best.epoch, resumed)
+    if config.keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model, config, history, best.epoch, resumed)
 
 
 def save_result(

@@ -7,6 +7,7 @@ the checkpoint ``train_state.safetensors`` (no pickle), laid out as:
 - ``opt.state.<index>.<key>``: every tensor of the optimizer's per-parameter state, e.g.
   ``opt.state.3.momentum_buffer`` or ``opt.state.0.step``;
 - ``rng.train``: the training ``torch.Generator``'s state (uint8);
+- ``best.<name>``: (``keep_best`` runs) the state dict of the best epoch so far;
 - ``__metadata__["rws.train_state"]``: JSON with ``format``, ``epoch`` (completed epochs), the
   optimizer's ``param_groups`` and non-tensor state values, the config, the history and the
   fingerprints of the initial weights and of the data.
@@ -38,8 +39,18 @@ META_KEY = "rws.train_state"
 FORMAT = 1
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
+ATTACKS = ("", "pgd")
+_LATER = (
+    "milestones",
+    "attack",
+    "eps",
+    "attack_steps",
+    "attack_step_size",
+    "trainable",
+    "keep_best",
+)
 _MAY_CHANGE_ON_RESUME = ("epochs", "device", "extra")
-_MODEL, _OPT, _RNG = "model.", "opt.state.", "rng.train"
+_MODEL, _OPT, _RNG, _BEST = "model.", "opt.state.", "rng.train", "best."
 
 
 def check_int(name: str, value: object, low: int) -> int:
@@ -81,12 +92,25 @@ class TrainConfig:
         weight_decay: L2 penalty on every parameter (≥ 0), as in the reference.
         batch_size: images per step.
         optimizer: ``"sgd"`` or ``"adam"``.
-        schedule: ``"step"`` (×0.1 at 40% and 80% of the epochs, the reference's 20/40 of 50),
-            ``"cosine"`` (per epoch, from ``lr`` towards 0) or ``"constant"``.
+        schedule: ``"step"`` (×0.1 at each of ``milestones``, by default 40% and 80% of the
+            epochs, the reference's 20/40 of 50), ``"cosine"`` (per epoch, from ``lr`` towards 0)
+            or ``"constant"``.
         seed: seeds the one generator behind shuffling, corruption draws and dropout.
         corruptions: names drawn from, one per batch; empty trains on clean data.
         severity: inclusive range ``(lo, hi)`` drawn from per batch; ``(s, s)`` is fixed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
+        milestones: fractions of ``epochs`` where ``"step"`` multiplies the lr by 0.1 (RiFT's
+            module fine-tuning uses ``(0.5,)``).
+        attack: ``""`` trains on the (corrupted) images as they are; ``"pgd"`` is PGD adversarial
+            training (Madry et al.): every batch is replaced by L∞ PGD examples made against the
+            model in eval mode, and ``val_acc`` is PGD accuracy on the validation split.
+        eps, attack_steps, attack_step_size: the attack's radius, iterations and step
+            (``None``: ``2.5·eps/attack_steps``, 2/255 for 8/255 and 10 steps).
+        trainable: module names (as in ``named_modules()``) to train; every other parameter is
+            frozen and every other module kept in eval mode (BatchNorm statistics included).
+            Empty trains the whole model.
+        keep_best: return (and checkpoint) the weights of the epoch with the best ``val_acc``
+            instead of the last epoch's.
         extra: unknown keys met by :meth:`from_dict`, kept and written back by :meth:`to_dict`.
     """
 
@@ -101,6 +125,13 @@ class TrainConfig:
     corruptions: tuple[str, ...] = ()
     severity: tuple[int, int] = (5, 5)
     device: str = "auto"
+    milestones: tuple[float, ...] = (0.4, 0.8)
+    attack: Literal["", "pgd"] = ""
+    eps: float = 8 / 255
+    attack_steps: int = 10
+    attack_step_size: float | None = None
+    trainable: tuple[str, ...] = ()
+    keep_best: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -124,14 +155,34 @@ class TrainConfig:
         put("severity", severity_range(self.severity))
         if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
             raise UsageError(f"unknown device {self.device!r}; choose cpu, cuda[:n] or auto")
+        put("milestones", tuple(float(m) for m in self.milestones))
+        if not all(0.0 < m < 1.0 for m in self.milestones):
+            raise UsageError(f"milestones must be fractions in (0, 1), got {self.milestones!r}")
+        if self.attack not in ATTACKS:
+            raise UnknownNameError("training attack", str(self.attack), [a for a in ATTACKS if a])
+        put("eps", check_float("eps", self.eps, 0.0))
+        check_int("attack_steps", self.attack_steps, 1)
+        if self.attack_step_size is not None:
+            put("attack_step_size", check_float("attack_step_size", self.attack_step_size, 0.0))
+        names = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
+        put("trainable", tuple(str(n) for n in names))
+        if not isinstance(self.keep_best, bool):
+            raise UsageError(f"keep_best must be true or false, got {self.keep_best!r}")
         put("extra", dict(self.extra))
+
+    @property
+    def step_size(self) -> float:
+        """The adversarial step: ``attack_step_size`` or ``2.5·eps/attack_steps``."""
+        if self.attack_step_size is not None:
+            return self.attack_step_size
+        return 2.5 * self.eps / self.attack_steps
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (0-based)."""
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
         if self.schedule == "step":
-            milestones = [max(1, math.floor(f * self.epochs + 0.5)) for f in (0.4, 0.8)]
+            milestones = [max(1, math.floor(f * self.epochs + 0.5)) for f in self.milestones]
             return self.lr * 0.1 ** sum(epoch >= m for m in milestones)
         return self.lr
 
@@ -139,6 +190,10 @@ class TrainConfig:
         """JSON-able fields (tuples as lists), unknown keys from :meth:`from_dict` included."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         out["corruptions"], out["severity"] = list(self.corruptions), list(self.severity)
+        out["milestones"], out["trainable"] = list(self.milestones), list(self.trainable)
+        for f in dataclasses.fields(self):  # later options are written only when set, so that
+            if f.name in _LATER and getattr(self, f.name) == f.default:  # older runs' files
+                del out[f.name]  # stay byte-identical
         return {**self.extra, **out}
 
     @classmethod
@@ -146,8 +201,9 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys go to ``extra``."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
-        if "corruptions" in known and not isinstance(known["corruptions"], str):
-            known["corruptions"] = tuple(known["corruptions"])
+        for key in ("corruptions", "trainable", "milestones"):
+            if key in known and not isinstance(known[key], str):
+                known[key] = tuple(known[key])
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})
 
 
@@ -203,6 +259,7 @@ class TrainState:
         generator: the training generator's state (``torch.Generator.get_state()``).
         epoch: completed epochs.
         info: the trainer's own JSON-able facts (config, history, fingerprints).
+        best: the state dict of the best epoch so far (``keep_best`` runs), else None.
     """
 
     model: dict[str, torch.Tensor]
@@ -210,6 +267,7 @@ class TrainState:
     generator: torch.Tensor
     epoch: int
     info: dict[str, Any]
+    best: dict[str, torch.Tensor] | None = None
 
 
 def flatten_optimizer_state(
@@ -255,6 +313,8 @@ def save_train_state(path: str | os.PathLike, state: TrainState) -> None:
     tensors = {_MODEL + k: v.detach() for k, v in state.model.items()}
     tensors.update(opt_tensors)
     tensors[_RNG] = state.generator
+    if state.best is not None:
+        tensors.update({_BEST + k: v.detach() for k, v in state.best.items()})
     meta = {"format": FORMAT, "epoch": state.epoch, "optimizer": opt_rest, **state.info}
     save_tensors(path, tensors, {META_KEY: json.dumps(meta)})
 
@@ -281,7 +341,8 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
             raise CheckpointError(path, f"training checkpoint without {_RNG!r}")
         model = {k[len(_MODEL) :]: tf.get(k) for k in tf if k.startswith(_MODEL)}
         opt = unflatten_optimizer_state({k: tf.get(k) for k in tf if k.startswith(_OPT)}, opt_rest)
-        return TrainState(model, opt, tf.get(_RNG), epoch, meta)
+        best = {k[len(_BEST) :]: tf.get(k) for k in tf if k.startswith(_BEST)}
+        return TrainState(model, opt, tf.get(_RNG), epoch, meta, best or None)
     finally:
         tf.close()
 
