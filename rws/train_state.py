@@ -209,9 +209,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One epoch: 1-based ``epoch``, its ``lr``, mean loss and accuracy on the (corrupted)
-    training batches, validation accuracy corrupted as in training (``val_acc``; clean when the
-    run is clean) and on clean images (``val_clean_acc``), and wall time."""
+    """One epoch: 1-based ``epoch``, its ``lr``, mean loss and accuracy on the (corrupted,
+    adversarial) training batches, validation accuracy under the training conditions
+    (``val_acc``: corrupted as in training, PGD accuracy for adversarial training, clean for a
+    clean run) and on clean images (``val_clean_acc``), and wall time."""
 
     epoch: int
     lr: float
