@@ -67,18 +67,24 @@ def _mrc_cached(
     model: nn.Module, data: ImageDataset, settings: MrcSettings, work: Path | None,
     device: str, progress: bool,
 ) -> MrcResult:  # fmt: skip
+    """MRC, read back from ``work/mrc.json`` when it was measured on the same weights, data and
+    settings, else computed (and written there)."""
+    from rws.train_state import data_fingerprint, state_sha256
+
     path = work / MRC_FILE if work else None
+    key = {"model_sha256": state_sha256(model.state_dict()), "data": data_fingerprint(data)}
     if path is not None and path.is_file():
         try:
-            cached = MrcResult.from_dict(json.loads(path.read_text()))
+            stored = json.loads(path.read_text())
+            cached = MrcResult.from_dict(stored)
         except (ValueError, KeyError, TypeError):
-            cached = None
-        names = [m for m, _ in _layers(model)]
-        if cached and cached.settings == settings and [m.module for m in cached.modules] == names:
+            stored, cached = {}, None
+        same = all(stored.get(k) == v for k, v in key.items())
+        if same and cached is not None and cached.settings == settings:
             return cached
     res = mrc(model, data, settings=settings, device=device, progress=progress)
     if path is not None:
-        write_atomic(path, res.to_json().encode())
+        write_atomic(path, json.dumps({**key, **res.to_dict()}, indent=2) + "\n")
     return res
 
 
