@@ -147,13 +147,13 @@ def rift(
     work = Path(work_dir) if work_dir is not None else None
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
-    crit = _mrc_cached(model, dataset, ms, work, device, progress)
     layers = dict(_layers(model))
-    chosen = module or crit.least_critical.module
-    if chosen not in layers:
+    if module is not None and module not in layers:
         raise UsageError(
-            f"--module {chosen!r}: not a conv/linear module; use one of {', '.join(layers)}"
+            f"--module {module!r}: not a conv/linear module; use one of {', '.join(layers)}"
         )
+    crit = _mrc_cached(model, dataset, ms, work, device, progress)
+    chosen = module or crit.least_critical.module
     cfg = train_config or rift_train_config()
     cfg = TrainConfig.from_dict({**cfg.to_dict(), "trainable": list(trainable_modules(layers[chosen])),
                                  "device": device, "keep_best": True})  # fmt: skip
