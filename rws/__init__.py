@@ -7,6 +7,7 @@ from rws.criticality import mrc
 from rws.errors import RwsError
 from rws.extract import extract, layer_deltas
 from rws.fileops import apply_file, remove_file
+from rws.hub import pull, push
 from rws.inspect import describe
 from rws.methods import list_methods
 from rws.methods.interpolation import interpolate
@@ -46,6 +47,8 @@ __all__ = [
     "load",
     "mrc",
     "patched",
+    "pull",
+    "push",
     "recalibrate_bn",
     "remove",
     "remove_file",

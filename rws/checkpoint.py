@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from rws.errors import CheckpointError, InputFileError, OutputPathError, UnsafeInputError
+from rws.hub import resolve_path
+from rws.hub_ref import hub_reference
 from rws.safetensors_io import TensorFile, tensor_bytes
 
 logger = logging.getLogger(__name__)
@@ -240,7 +242,7 @@ def open_checkpoint(source: Source) -> Checkpoint:
         return MemoryCheckpoint(source.state_dict(), path=f"<{type(source).__name__}>")
     if isinstance(source, Mapping):
         return MemoryCheckpoint(source)
-    path = Path(source)
+    path = Path(resolve_path(source))  # hf:// references: fetched through the Hugging Face cache
     if path.is_dir():
         index = path / "model.safetensors.index.json"
         single = path / "model.safetensors"
@@ -282,9 +284,11 @@ def describe_source(source: Source) -> dict[str, str]:
         path = os.fspath(source)
     else:
         path = "<memory>"
-    if os.path.isfile(path):
-        return {"path": os.path.basename(path), "sha256": file_sha256(path)}
-    return {"path": path}
+    local = os.fspath(resolve_path(path))  # an hf:// reference is recorded pinned to its commit
+    if os.path.isfile(local):
+        name = hub_reference(local) or os.path.basename(local)
+        return {"path": name, "sha256": file_sha256(local)}
+    return {"path": hub_reference(local) or path}
 
 
 def input_paths(source: Source) -> list[str]:

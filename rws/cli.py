@@ -19,6 +19,7 @@ from rws.checkpoint import check_output_path
 from rws.cli_analysis import identify_command, similarity_command
 from rws.cli_demo import demo_command
 from rws.cli_eval import eval_command
+from rws.cli_hub import pull_command, push_command
 from rws.cli_rift import advtrain_command, mrc_command, rift_command
 from rws.cli_train import finetune_command
 from rws.errors import RwsError, UsageError
@@ -472,6 +473,8 @@ app.command("demo")(demo_command)
 app.command("finetune")(finetune_command)
 app.command("similarity")(similarity_command)
 app.command("identify")(identify_command)
+app.command("push")(push_command)
+app.command("pull")(pull_command)
 app.command("advtrain")(advtrain_command)
 app.command("mrc")(mrc_command)
 app.command("rift")(rift_command)

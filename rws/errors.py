@@ -175,6 +175,75 @@ class HubError(RwsError):
     exit_code = 6
 
 
+class HubReferenceError(UsageError):
+    """A malformed ``hf://`` reference or repo id (a usage error: nothing was asked of the Hub)."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        self.ref, self.reason = ref, reason
+        super().__init__(f"{ref!r}: {reason}")
+
+
+class HubRepoNotFoundError(HubError):
+    """The Hub has no such repo (or hides a private or gated one from this token)."""
+
+    def __init__(self, ref: str, repo_id: str, endpoint: str) -> None:
+        self.ref, self.repo_id, self.endpoint = ref, repo_id, endpoint
+        super().__init__(
+            f"{ref}: no repo {repo_id} on {endpoint} (if it is private or gated, log in with "
+            "`hf auth login` or set HF_TOKEN)"
+        )
+
+
+class HubRevisionNotFoundError(HubError):
+    """The repo exists but has no such branch, tag or commit."""
+
+    def __init__(self, ref: str, repo_id: str, revision: str) -> None:
+        self.ref, self.repo_id, self.revision = ref, repo_id, revision
+        super().__init__(f"{ref}: repo {repo_id} has no revision {revision!r}")
+
+
+class HubFileNotFoundError(HubError):
+    """The repo and revision exist but do not hold the file."""
+
+    def __init__(
+        self, ref: str, repo_id: str, filename: str, revision: str, available: list[str]
+    ) -> None:
+        self.ref, self.repo_id, self.filename = ref, repo_id, filename
+        self.revision, self.available = revision, list(available)
+        shown = ", ".join(self.available[:8]) + (", …" if len(self.available) > 8 else "")
+        super().__init__(
+            f"{ref}: repo {repo_id} has no file {filename!r} at revision {revision!r}"
+            + (f"; it has: {shown}" if shown else "")
+        )
+
+
+class HubAuthError(HubError):
+    """No token where one is needed, or the Hub refused the one given (never shown)."""
+
+    def __init__(self, repo_id: str, reason: str, status: int | None = None) -> None:
+        self.repo_id, self.reason, self.status = repo_id, reason, status
+        super().__init__(f"{repo_id}: {reason}")
+
+
+class HubOfflineError(HubError):
+    """Offline mode (``HF_HUB_OFFLINE``) and the file is not in the local Hugging Face cache."""
+
+    def __init__(self, ref: str, action: str) -> None:
+        self.ref, self.action = ref, action
+        super().__init__(f"{ref}: {action}")
+
+
+class HubConnectionError(HubError):
+    """The Hub endpoint cannot be reached (connection refused, DNS, timeout, TLS)."""
+
+    def __init__(self, ref: str, endpoint: str, reason: str) -> None:
+        self.ref, self.endpoint, self.reason = ref, endpoint, reason
+        super().__init__(
+            f"{ref}: cannot reach the Hub at {endpoint} ({reason}); check the network or "
+            "RWS_HF_ENDPOINT / HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached files"
+        )
+
+
 class EvaluationError(RwsError):
     """An evaluation that was refused or judged unreliable."""
 

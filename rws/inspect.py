@@ -95,7 +95,10 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe whatever ``path`` is: a patch file or a checkpoint."""
+    """Describe whatever ``path`` is: a patch file or a checkpoint (local or ``hf://``)."""
+    from rws.hub import resolve_path
+
+    path = resolve_path(path)
     if os.path.isfile(path) and is_patch(path):
         return describe_patch(Patch.load(path))
     return describe_checkpoint(path)

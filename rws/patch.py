@@ -14,6 +14,7 @@ import torch
 
 from rws import codecs, format
 from rws.errors import BaseMismatchError, NonFiniteError, UsageError
+from rws.hub import resolve_path
 from rws.safetensors_io import tensor_bytes
 
 
@@ -174,8 +175,8 @@ class Patch:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
-        """Read a patch file (see :func:`rws.load`)."""
-        p = os.fspath(path)
+        """Read a patch file (see :func:`rws.load`); ``hf://`` references are fetched first."""
+        p = os.fspath(resolve_path(path))
         manifest, parts = format.read_patch(p)
         tensors: dict[str, TensorDelta] = {}
         for name, info in manifest["tensors"].items():
