@@ -68,12 +68,10 @@ def advtrain_command(
     Example: rws advtrain --arch small-cnn --data digits --epochs 10 -o at.safetensors
     """
     from rws.cli import out as stdout
-    from rws.cli_train import _render
-    from rws.data import load_dataset
+    from rws.cli_train import train_and_save
     from rws.errors import UsageError
-    from rws.models import load_model
     from rws.robustness.attacks import parse_eps
-    from rws.train import TrainConfig, finetune, init_model, save_result
+    from rws.train import TrainConfig
 
     if keep not in ("best", "last"):
         raise UsageError(f"--keep {keep!r}: choose best or last")
@@ -83,16 +81,7 @@ def advtrain_command(
         attack="pgd", eps=parse_eps(eps), attack_steps=steps,
         attack_step_size=parse_eps(step_size) if step_size else None, keep_best=keep == "best",
     )  # fmt: skip
-    _check_outputs([output], [weights] if weights else [])
-    dataset = load_dataset(data)
-    if weights:
-        model = load_model(arch, weights, dataset.num_classes)
-    else:
-        model = init_model(arch, dataset.num_classes, seed=seed)
-    res = finetune(model, dataset, config, checkpoint_dir=checkpoint_dir, progress=True)
-    save_result(output, res, arch=arch, data=dataset, source=weights,
-                init_seed=None if weights else seed)  # fmt: skip
-    _render(stdout, res)
+    res = train_and_save(arch, data, weights, config, output, checkpoint_dir)
     kept = next(h for h in res.history if h.epoch == (res.best_epoch if keep == "best" else epochs))
     stdout.print(
         f"wrote {output}: {arch} adversarially trained on {data} (PGD-{steps}, ε={eps}); epoch "

@@ -83,12 +83,8 @@ def finetune_command(
 
     Clean origin: rws finetune --arch small-cnn --corruption none --epochs 10 -o clean.safetensors
     """
-    from rws.checkpoint import check_output_path
-    from rws.cli import err
     from rws.cli import out as stdout
-    from rws.data import load_dataset
-    from rws.models import load_model
-    from rws.train import TrainConfig, finetune, init_model, save_result
+    from rws.train import TrainConfig
 
     config = TrainConfig(
         epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
@@ -96,20 +92,7 @@ def finetune_command(
         corruptions=parse_train_corruptions(corruption), severity=parse_severity(severity),
         device=device,
     )  # fmt: skip
-    check_output_path(output, [weights] if weights else [])
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise OutputPathError(output, "its folder does not exist")
-    dataset = load_dataset(data)
-    if weights:
-        model = load_model(arch, weights, dataset.num_classes)
-    else:
-        model = init_model(arch, dataset.num_classes, seed=seed)
-    res = finetune(model, dataset, config, checkpoint_dir=checkpoint_dir, progress=True)
-    save_result(output, res, arch=arch, data=dataset, source=weights,
-                init_seed=None if weights else seed)  # fmt: skip
-    _render(stdout, res)
-    if res.resumed_epochs:
-        err.print(f"resumed after epoch {res.resumed_epochs} from {checkpoint_dir}", markup=False)
+    res = train_and_save(arch, data, weights, config, output, checkpoint_dir)
     f, (lo, hi) = res.final, config.severity
     if config.corruptions:
         sev = f"severity {lo}" if lo == hi else f"severity {lo}–{hi}"
@@ -123,6 +106,36 @@ def finetune_command(
         markup=False,
         soft_wrap=True,
     )
+
+
+def train_and_save(
+    arch: str, data: str, weights: str | None, config: Any, output: Path,
+    checkpoint_dir: Path | None,
+) -> Any:  # fmt: skip
+    """Check the output, build the model (from ``weights`` or the seeded init), train, write the
+    result with its provenance, render the epochs; the shared body of finetune and advtrain."""
+    from rws.checkpoint import check_output_path
+    from rws.cli import err
+    from rws.cli import out as stdout
+    from rws.data import load_dataset
+    from rws.models import load_model
+    from rws.train import finetune, init_model, save_result
+
+    check_output_path(output, [weights] if weights else [])
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise OutputPathError(output, "its folder does not exist")
+    dataset = load_dataset(data)
+    if weights:
+        model = load_model(arch, weights, dataset.num_classes)
+    else:
+        model = init_model(arch, dataset.num_classes, seed=config.seed)
+    res = finetune(model, dataset, config, checkpoint_dir=checkpoint_dir, progress=True)
+    save_result(output, res, arch=arch, data=dataset, source=weights,
+                init_seed=None if weights else config.seed)  # fmt: skip
+    _render(stdout, res)
+    if res.resumed_epochs:
+        err.print(f"resumed after epoch {res.resumed_epochs} from {checkpoint_dir}", markup=False)
+    return res
 
 
 def _render(console: Any, res: Any) -> None:
