@@ -8,7 +8,11 @@ most elements and within one rounding for the rest (``tests/test_arith.py`` meas
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+
+DecodeInto = Callable[[int, torch.Tensor], None]  # (start, out): fill out with delta elements
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,3 +46,50 @@ def all_finite(x: torch.Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(x)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def patch_run(
+    w: torch.Tensor,
+    start: int,
+    deltas: Sequence[tuple[DecodeInto, float]],
+    acc: torch.Tensor,
+    tmp: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    inverse: bool = False,
+) -> bool:
+    """Patch one run of a float32/float16/bfloat16 tensor's flat elements in ``w`` (or ``out``):
+    elements ``start … start + len(w)``, bit for bit what ``ops.total_delta`` then
+    :func:`add_delta` (or :func:`sub_delta`) give for them on the whole tensor, as the same
+    element-wise operations in the same order. A run sized to stay in cache makes each pass over
+    it cheap, and no whole-tensor float32 intermediate exists.
+
+    Args:
+        w: 1-D base elements (overwritten with the result when ``out`` is None).
+        deltas: ``(decode_into, α)`` per patch: ``decode_into(start, buf)`` writes the float32
+            delta elements (see :class:`rws.codecs.RangeDecoder`).
+        acc, tmp: float32 scratch of at least ``len(w)`` elements (``tmp`` only for 2+ deltas).
+
+    Returns:
+        True when every result element is finite.
+    """
+    n = w.numel()
+    a = acc[:n]
+    for i, (decode_into, alpha) in enumerate(deltas):
+        if i == 0:
+            decode_into(start, a)
+            if alpha != 1.0:
+                a.mul_(alpha)
+            continue
+        assert tmp is not None
+        d = tmp[:n]
+        decode_into(start, d)
+        if alpha != 1.0:
+            d.mul_(alpha)
+        a.add_(d)
+    if inverse:
+        a.neg_()
+    a.add_(w)  # promotes w inside the kernel, as add_delta/sub_delta do
+    res = w if out is None else out
+    res.copy_(a)  # the same rounding as .to(w.dtype)
+    return all_finite(res)

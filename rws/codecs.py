@@ -16,7 +16,7 @@ encoding.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,20 @@ class Codec(Protocol):
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor: ...
 
 
+@dataclass
+class RangeDecoder:
+    """Decodes any run of a delta's flat elements into a caller's float32 buffer, bit for bit
+    what :func:`decode` gives for them, so a tensor can be patched in cache-sized runs.
+
+    ``decode_into(start, out)`` fills ``out`` (1-D) with elements ``start … start + len(out)``;
+    ``start`` must be a multiple of ``align``, and so must ``len(out)`` unless the run ends the
+    tensor.
+    """
+
+    align: int
+    decode_into: Callable[[int, torch.Tensor], None]
+
+
 CODECS: Registry[Codec] = Registry("codec")
 
 
@@ -76,6 +90,13 @@ class FloatCodec:
         if t.dtype != self.dtype:
             raise CodecError(name, f"{self.name} data stored as {t.dtype}")
         return t.to(torch.float32, copy=True).reshape(shape)  # the caller owns (and may mutate) it
+
+    def ranges(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder:
+        t = _part(name, enc, "")
+        if t.dtype != self.dtype or t.numel() != _numel(shape):
+            raise CodecError(name, f"{self.name} data stored as {t.dtype}{list(t.shape)}")
+        flat = t.reshape(-1)
+        return RangeDecoder(1, lambda start, out: out.copy_(flat[start : start + out.numel()]))
 
 
 class Int8AbsmaxCodec:
@@ -98,6 +119,38 @@ class Int8AbsmaxCodec:
         )
 
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        q, absmax, bs = self._parts(name, enc, shape)
+        n = q.numel()
+        scale = (absmax / 127.0)[:, None]
+        if n % bs == 0:  # the common case: no padding copy
+            return q.view(-1, bs).to(torch.float32).mul_(scale).reshape(shape)
+        blocks = F.pad(q.to(torch.float32), (0, (-n) % bs)).view(-1, bs)
+        return blocks.mul_(scale).reshape(-1)[:n].reshape(shape)
+
+    def ranges(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder:
+        q, absmax, bs = self._parts(name, enc, shape)
+        q, scale = q.reshape(-1), torch.empty(0)  # scale: reused, grown to the largest run
+
+        def decode_into(start: int, out: torch.Tensor) -> None:
+            # float32(q) times its block's absmax / 127, each a single rounding, as in decode()
+            nonlocal scale
+            n, b = out.numel(), start // bs
+            nb = -(-n // bs)
+            if scale.numel() < nb:
+                scale = torch.empty(nb)
+            sc = torch.div(absmax[b : b + nb], 127.0, out=scale[:nb])
+            full = n - n % bs
+            if full:
+                blocks = q[start : start + full].view(-1, bs)
+                torch.mul(blocks, sc[: full // bs, None], out=out[:full].view(-1, bs))
+            if n > full:  # the tensor's last, partial block
+                torch.mul(q[start + full : start + n], sc[-1], out=out[full:])
+
+        return RangeDecoder(bs, decode_into)
+
+    def _parts(
+        self, name: str, enc: Encoded, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         q, absmax = _part(name, enc, "q"), _part(name, enc, "absmax")
         bs = int(enc.params.get("blocksize", 0))
         n = q.numel()
@@ -105,11 +158,7 @@ class Int8AbsmaxCodec:
             raise CodecError(name, "int8 data has the wrong dtypes or no blocksize")
         if absmax.numel() != -(-n // bs) or n != _numel(shape):
             raise CodecError(name, f"int8 data holds {n} values / {absmax.numel()} scales")
-        scale = (absmax / 127.0)[:, None]
-        if n % bs == 0:  # the common case: no padding copy
-            return q.view(-1, bs).to(torch.float32).mul_(scale).reshape(shape)
-        blocks = F.pad(q.to(torch.float32), (0, (-n) % bs)).view(-1, bs)
-        return blocks.mul_(scale).reshape(-1)[:n].reshape(shape)
+        return q, absmax, bs
 
 
 class BnbFourBitCodec:
@@ -247,3 +296,10 @@ def encode(
 def decode(name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode one stored tensor back to a float32 delta of ``shape``."""
     return CODECS.get(enc.codec).decode(name, enc, tuple(shape))
+
+
+def range_decoder(name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder | None:
+    """A run-wise decoder of one stored tensor (its parts read now), or ``None`` when its codec
+    decodes only whole tensors."""
+    ranges = getattr(CODECS.get(enc.codec), "ranges", None)
+    return ranges(name, enc, tuple(shape)) if ranges is not None else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rws.arith import add_delta, exact_delta, sub_delta
+from rws.arith import add_delta, exact_delta, patch_run, sub_delta
 from tests.conftest import within_one_rounding
 
 
@@ -38,3 +38,53 @@ def test_exact_delta_reproduces_a_single_step_update(dtype: torch.dtype) -> None
     base = base[base.abs() > 0.1]  # within 2× of the update: Sterbenz makes tuned − base exact
     tuned = (base.double() + 0.01 * torch.randn(base.shape, generator=g).double()).to(dtype)
     assert torch.equal(add_delta(base, exact_delta(base, tuned)), tuned)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("codec", ["int8", "fp16", "bf16", "fp32"])
+def test_patch_run_is_the_whole_tensor_arithmetic_bit_for_bit(
+    codec: str, dtype: torch.dtype
+) -> None:
+    """Run by run, in runs that end mid-tensor, at the last (partial) int8 block and past the last
+    whole run, patch_run gives what ops.total_delta + add_delta/sub_delta give on the tensor."""
+    from rws.codecs import range_decoder
+    from rws.ops import total_delta
+    from rws.patch import Patch, encode_deltas
+
+    g = torch.Generator().manual_seed(3)
+    n, run = 16 * 41 + 5, 16 * 7  # 41 whole blocks of 16 and a partial one; runs of 7 blocks
+    w = (torch.randn(n, generator=g) * 2).to(dtype)
+    patches = []
+    for i in range(2):
+        d = torch.randn(n, generator=g) * 0.1
+        tensors, _ = encode_deltas([("x", d, w)], codec=codec, blocksize=16)
+        patches.append((Patch(tensors=tensors, scale=0.5 + i), 1.0 if i else -0.7))
+    for k in (1, 2):
+        parts = [(p, a * p.scale) for p, a in patches[:k]]
+        deltas = []
+        for p, a in parts:
+            dec = range_decoder("x", p.tensors["x"].encoded, (n,))
+            assert dec is not None and run % dec.align == 0
+            deltas.append((dec.decode_into, a))
+        for inverse in (False, True):
+            f = sub_delta if inverse else add_delta
+            want = f(w, total_delta("x", parts, dtype), inplace=True)
+            got, acc, tmp = w.clone(), torch.empty(run), torch.empty(run)
+            for start in range(0, n, run):
+                assert patch_run(got[start : start + run], start, deltas, acc, tmp, inverse=inverse)
+            assert got.dtype == want.dtype and torch.equal(_bits(got), _bits(want))
+
+
+def test_patch_run_reports_non_finite_results() -> None:
+    w = torch.tensor([65000.0, 1.0], dtype=torch.float16)
+    d = torch.tensor([1000.0, 0.0])
+
+    def decode_into(start: int, out: torch.Tensor) -> None:
+        out.copy_(d[start : start + out.numel()])
+
+    assert not patch_run(w.clone(), 0, [(decode_into, 1.0)], torch.empty(2))  # overflows to inf
+    assert patch_run(w.clone(), 0, [(decode_into, -1.0)], torch.empty(2))
