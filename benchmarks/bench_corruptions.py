@@ -6,7 +6,14 @@ ImageNet-C tables whatever the image size, so rws runs with ``params="imagenet"`
 ratio; the ``cifar`` column is what rws does by default at 32×32. The peer needs shims for current
 numpy / scipy / scikit-image / setuptools; they live here, not in rws.
 
-Run: ``python benchmarks/bench_corruptions.py``
+Each side is timed ``BENCH_REPEATS`` times per corruption (interleaved, after one warm-up call of rws
+on a few images: kernel tables are cached per shape); the table shows the medians, the ratio per
+corruption is peer median / rws median, and the total ratio is the sum of the peer's medians over the
+sum of rws's. The load average is printed before and after: on a shared machine the numbers are only
+as good as it was quiet.
+
+Run: ``python benchmarks/bench_corruptions.py`` (``BENCH_THREADS=2``, ``BENCH_REPEATS=5``,
+``BENCH_N=500`` to change the defaults).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ SEED = 0
 # The peer runs on one core (numpy / cv2 per image); rws gets one thread too unless BENCH_THREADS
 # says otherwise (on a shared, oversubscribed machine extra OpenMP threads only spin).
 THREADS = int(os.environ.get("BENCH_THREADS", 1))
+REPEATS = int(os.environ.get("BENCH_REPEATS", 3))
 
 
 def make_images() -> np.ndarray:
@@ -89,10 +97,13 @@ def time_peer(peer, images: np.ndarray, name: str) -> float:
 
 def time_rws(x: torch.Tensor, name: str, params: str) -> float:
     g = torch.Generator().manual_seed(SEED)
-    corrupt(x[:8], name, SEVERITY, params=params, generator=g)  # warm-up (kernel caches)
     start = time.perf_counter()
     corrupt(x, name, SEVERITY, params=params, generator=g)
     return time.perf_counter() - start
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -102,29 +113,41 @@ def main() -> None:
     peer, why = load_peer()
     print(
         f"{N} images {SIZE}x{SIZE}, severity {SEVERITY}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU"
+        f"{torch.get_num_threads()} threads, CPU, median of {REPEATS} runs per cell; {load()}"
     )
     if peer is None:
         print(f"peer not run: {why}")
-    header = f"{'corruption':18s} {'peer s':>8s} {'rws(imagenet) s':>16s} {'rws(cifar) s':>13s} {'ratio':>7s}"
+    header = (
+        f"{'corruption':18s} {'peer s':>8s} {'rws(imagenet) s':>16s} {'rws(cifar) s':>13s} "
+        f"{'ratio':>7s}"
+    )
     print(header)
     peer_t, rws_t, cifar_t, ratios, matched = [], [], [], [], []
     for name in CORRUPTIONS:
-        t_rws = time_rws(x, name, "imagenet")
-        t_cifar = time_rws(x, name, "cifar")
+        for params in ("imagenet", "cifar"):  # warm-up: per-shape tables and kernels
+            corrupt(x[:8], name, SEVERITY, params=params, generator=torch.Generator())
+        runs: dict[str, list[float]] = {"rws": [], "cifar": [], "peer": []}
+        failed = ""
+        for _ in range(REPEATS):
+            runs["rws"].append(time_rws(x, name, "imagenet"))
+            runs["cifar"].append(time_rws(x, name, "cifar"))
+            if peer is not None and not failed:
+                try:
+                    runs["peer"].append(time_peer(peer, images, name))
+                except Exception as exc:  # report, keep going
+                    failed = f"{type(exc).__name__}: {exc}"
+        t_rws, t_cifar = statistics.median(runs["rws"]), statistics.median(runs["cifar"])
         rws_t.append(t_rws)
         cifar_t.append(t_cifar)
-        if peer is not None:
-            try:
-                t_peer = time_peer(peer, images, name)
-            except Exception as exc:  # report, keep going
-                print(f"{name:18s} peer failed: {type(exc).__name__}: {exc}")
-                continue
+        if runs["peer"] and not failed:
+            t_peer = statistics.median(runs["peer"])
             peer_t.append(t_peer)
             matched.append(t_rws)
             ratios.append(t_peer / t_rws)
             print(f"{name:18s} {t_peer:8.3f} {t_rws:16.4f} {t_cifar:13.4f} {t_peer / t_rws:6.1f}x")
         else:
+            if failed:
+                print(f"{name:18s} peer failed: {failed}")
             print(f"{name:18s} {'-':>8s} {t_rws:16.4f} {t_cifar:13.4f} {'-':>7s}")
     print(
         f"{'total':18s} {sum(peer_t):8.3f} {sum(rws_t):16.4f} {sum(cifar_t):13.4f} "
@@ -139,6 +162,7 @@ def main() -> None:
         f"{statistics.median(rws_t):16.4f} {statistics.median(cifar_t):13.4f} "
         + (f"{statistics.median(ratios):6.1f}x (median of per-corruption ratios)" if ratios else "")
     )
+    print(load())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import io
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -18,6 +19,10 @@ from rws.robustness.corruptions import (
     CORRUPTIONS,
     EXTRA_CORRUPTIONS,
     _filters,
+    _jpeg,
+    _linear,
+    _poisson,
+    _resample,
     blur,
     corrupt,
     corruption_info,
@@ -95,6 +100,7 @@ def test_contract(name: str, photos32: torch.Tensor) -> None:
     before = x.clone()
     y = corrupt(x, name, 3, generator=_gen(1))
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    assert y.is_contiguous() and y.data_ptr() != x.data_ptr()
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     assert float((y - x).abs().mean()) > 1e-3  # the corruption is there
     y64 = corrupt(x.double(), name, 3, params="imagenet", generator=_gen(1))
@@ -361,6 +367,173 @@ def test_motion_line_matches_per_image_loop(photos32: torch.Tensor) -> None:
         np.testing.assert_allclose(_hwc(y[i]), ref, atol=1e-5)
 
 
+# --- fast paths against the straightforward computation they replace --------------------------
+
+
+def _defocus_kernels() -> list[np.ndarray]:
+    return [
+        _filters.disk_kernel(float(r), float(a))
+        for table in (rc.params.CIFAR, rc.params.IMAGENET)
+        for r, a in table["defocus_blur"]
+    ]
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_defocus_separable_terms_match_fft(size: int) -> None:
+    x = torch.from_numpy(np.random.default_rng(size).uniform(0, 1, (2, 3, size, size)))
+    for k in _defocus_kernels():
+        ref = _filters.filter2d_fft(x, k, "reflect")
+        np.testing.assert_allclose(_filters.correlate(x, k, "reflect"), ref, atol=1e-12)
+        got = _filters.correlate(x.float(), k, "reflect").double()
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_sparse_plane_operators_match_matrices(size: int) -> None:
+    n = 130 if size == 32 else 3  # at 32 px more images than one CPU chunk
+    x = torch.from_numpy(np.random.default_rng(size).uniform(0, 1, (n, 3, size, size)))
+    for table in (rc.params.CIFAR, rc.params.IMAGENET):
+        for factors in table["zoom_blur"]:
+            total = x.clone()
+            for z in factors:
+                m = _resample.clipped_zoom_matrix(size, z)
+                total += _linear.apply_axes(x, m, m)
+            ref = total / (len(factors) + 1)
+            np.testing.assert_allclose(_resample.zoom_mean(x, factors), ref, atol=1e-12)
+            np.testing.assert_allclose(_resample.zoom_mean(x.float(), factors), ref, atol=1e-6)
+        for c in table["pixelate"]:
+            side = int(size * c)
+            ref = _linear.apply_axes(x, *_resample.box_round_trip(size, size, side, side))
+            got = _resample.box_resize_round_trip(x, side, side)
+            np.testing.assert_allclose(got, ref, atol=1e-12)
+    m = _resample.clipped_zoom_matrix(size, 4.0)
+    ref = torch.matmul(torch.matmul(torch.from_numpy(m), x), torch.from_numpy(m).T)
+    np.testing.assert_allclose(_resample.clipped_zoom(x, 4.0), ref, atol=1e-12)
+
+
+def test_dense_fallback_without_sparse_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    # devices without sparse CSR × dense products use the separable matrices
+    x = torch.rand(5, 3, 32, 32, generator=_gen(2))
+    cases = [(n, p) for n in ("zoom_blur", "pixelate") for p in ("cifar", "imagenet")]
+    sparse = [corrupt(x, n, 4, params=p) for n, p in cases]
+    monkeypatch.setattr(_resample, "sparse_ok", lambda _x: False)
+    for (n, p), y in zip(cases, sparse, strict=True):
+        np.testing.assert_allclose(corrupt(x, n, 4, params=p), y, atol=1e-6)
+
+
+def _motion_gather(x: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor):
+    """The per-tap gather over the whole batch that ``_filters.motion_blur`` replaces."""
+    n, c, h, w = x.shape
+    theta = torch.deg2rad(angle.double())
+    rows, cols = torch.arange(h), torch.arange(w)
+    out = torch.zeros_like(x).reshape(n, c, h * w)
+    for i, wi in enumerate(_filters.motion_taps(radius, sigma)):
+        if wi < 1e-9:
+            break
+        dy = torch.ceil(i * torch.sin(theta) - 0.5).long()
+        dx = torch.ceil(i * torch.cos(theta) - 0.5).long()
+        r = (rows[None, :] + dy[:, None]).clamp(0, h - 1)
+        q = (cols[None, :] + dx[:, None]).clamp(0, w - 1)
+        idx = (r[:, :, None] * w + q[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
+        out += float(wi) * x.reshape(n, c, h * w).gather(2, idx)
+    return out.reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "sigma"), [((300, 3, 32, 32), 15, 8), ((90, 1, 40, 24), 6, 2)]
+)
+def test_motion_blur_matches_gather(shape: tuple[int, ...], radius: float, sigma: float) -> None:
+    # more images than one CPU chunk, angles across [-45, 45] and beyond, ties at exact angles
+    g = _gen(5)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    angle = torch.rand(shape[0], generator=g, dtype=torch.float64) * 120 - 60
+    angle[:4] = torch.tensor([-45.0, 0.0, 45.0, 0.0])
+    got = _filters.motion_blur(x, radius, sigma, angle)
+    np.testing.assert_allclose(got, _motion_gather(x, radius, sigma, angle), atol=1e-12)
+
+
+def _scan(jpeg: bytes) -> bytes:
+    """From the SOS marker to the end: walk the header segments by their lengths."""
+    pos = 2
+    while jpeg[pos + 1] != 0xDA:
+        pos += 2 + struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+    return jpeg[pos:]
+
+
+def _pillow_jpeg(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (48, 40), (24, 32)])
+def test_jpeg_canvas_is_per_image_jpeg_bit_for_bit(h: int, w: int) -> None:
+    rng = np.random.default_rng(h + w)
+    photos = (_photos(max(h, w))[:, :, :h, :w].permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    flat = np.full((2, h, w, 3), 200, dtype=np.uint8)
+    flat[1, : h // 2] = 0  # an edge at an MCU border
+    images = np.concatenate([photos, flat, rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)])
+    for quality in (7, 40, 80):
+        files = [_pillow_jpeg(img, quality) for img in images]
+        ref = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in files])
+        np.testing.assert_array_equal(_jpeg.round_trip(images, quality), ref)
+        if h % 16 == 0:  # the canvas path: each image's scan is the stand-alone encoding's
+            buf = io.BytesIO()
+            canvas = Image.fromarray(images.reshape(-1, w, 3))
+            canvas.save(buf, format="JPEG", quality=quality, restart_marker_rows=h // 16)
+            parts = _jpeg.split_canvas(buf.getvalue(), len(images), h)
+            assert parts is not None
+            assert [_scan(p) for p in parts] == [_scan(f) for f in files]
+
+
+def _chi2_pvalue(samples: np.ndarray, lam: float) -> float:
+    from scipy import stats
+
+    top = int(samples.max()) + 1
+    observed = np.bincount(samples, minlength=top + 1).astype(float)
+    expected = stats.poisson.pmf(np.arange(top + 1), lam) * samples.size
+    expected[-1] = stats.poisson.sf(top - 1, lam) * samples.size
+    cells_o, cells_e, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected, strict=True):  # pool cells to an expected count ≥ 20
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 20:
+            cells_o.append(acc_o)
+            cells_e.append(acc_e)
+            acc_o, acc_e = 0.0, 0.0
+    cells_o[-1] += acc_o
+    cells_e[-1] += acc_e
+    return float(stats.chisquare(cells_o, np.array(cells_e) * sum(cells_o) / sum(cells_e)).pvalue)
+
+
+@pytest.mark.parametrize("bits", [None, (8, 3)])
+def test_poisson_sampler_follows_poisson(bits, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (8, 3): an 8-bit integer uniform in 8 cells per level, so most draws need the low bits and
+    # the tie-breaking uniform; the production tables (24, 12) rarely do
+    if bits is not None:
+        monkeypatch.setattr(_poisson, "_BITS", bits[0])
+        monkeypatch.setattr(_poisson, "_CELL_BITS", bits[1])
+        monkeypatch.setattr(_poisson, "_SCALE", float(1 << bits[0]))
+    _poisson._tables.cache_clear()
+    g = _gen(11)
+    values = [3 / 255, 0.5, 1.0, 0.3337, 0.001]  # the last two off the 8-bit grid
+    for c in (3.0, 12.0, 100.0, 500.0):
+        x = torch.tensor(values, dtype=torch.float32).repeat_interleave(100_000)
+        counts = (_poisson.poisson_div(x, c, g) * c).round().long().view(len(values), -1)
+        for v, row in zip(values, counts, strict=True):
+            lam = float(torch.tensor(v, dtype=torch.float32).double()) * c
+            assert _chi2_pvalue(row.numpy(), lam) > 1e-4, (c, v)  # 40 tests: 0.4 % false alarms
+    _poisson._tables.cache_clear()
+
+
+def test_glass_passes_compose(photos32: torch.Tensor) -> None:
+    g = _gen(4)
+    x = photos32[:3]
+    draws = [torch.randint(-2, 2, (3, 32, 32), generator=g) for _ in range(4)]
+    twice = blur.glass_shuffle(blur.glass_shuffle(x, draws[0], draws[1], 2), draws[2], draws[3], 2)
+    first, second = blur.glass_sources(*draws[:2], 2), blur.glass_sources(*draws[2:], 2)
+    assert torch.equal(blur._take_pixels(x, first.index_select(0, second)), twice)
+
+
 # --- random kernels: their statistics follow the table ---------------------------------------
 
 
@@ -368,8 +541,10 @@ def test_noise_statistics() -> None:
     x = torch.full((4, 3, 64, 64), 0.5)
     noise = corrupt(x, "gaussian_noise", 3, generator=_gen()) - x
     assert abs(float(noise.std()) - 0.08) < 0.003
-    hit = corrupt(x, "impulse_noise", 5, generator=_gen()) != x
-    assert abs(float(hit.float().mean()) - 0.07) < 0.005
+    hit = corrupt(x, "impulse_noise", 5, generator=_gen())
+    assert abs(float((hit != x).float().mean()) - 0.07) < 0.005
+    assert abs(float((hit == 1).float().mean()) - 0.035) < 0.003  # salt and pepper, half each
+    assert abs(float((hit == 0).float().mean()) - 0.035) < 0.003
     shot = corrupt(x, "shot_noise", 1, generator=_gen())  # Poisson(0.5·500)/500: var 0.5/500
     assert abs(float(shot.mean()) - 0.5) < 0.002
     assert abs(float(shot.var()) - 0.001) < 0.0001

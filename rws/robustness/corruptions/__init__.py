@@ -9,6 +9,7 @@ on any device, with the published severity tables (:mod:`.params`) and an option
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import torch
@@ -50,7 +51,8 @@ MIN_SIDE = 8
 _RANGE_SLACK = 0.05  # values within [-0.05, 1.05] are clamped; further out is a usage error
 
 
-def _check_images(images: object) -> torch.Tensor:
+def _check_images(images: object) -> tuple[torch.Tensor, float, float]:
+    """``images`` validated, with its minimum and maximum (both 0 for an empty batch)."""
     if not isinstance(images, torch.Tensor):
         raise UsageError(f"images must be a torch.Tensor, not {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
@@ -60,16 +62,19 @@ def _check_images(images: object) -> torch.Tensor:
     h, w = images.shape[-2:]
     if min(h, w) < MIN_SIDE:
         raise UsageError(f"images must be at least {MIN_SIDE}×{MIN_SIDE} pixels, got {h}×{w}")
-    if images.numel() and not bool(torch.isfinite(images).all()):
+    if not images.numel():
+        return images, 0.0, 0.0
+    # one pass: a NaN propagates to both, ±Inf shows as an extreme
+    lo_t, hi_t = torch.aminmax(images.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise UsageError("images contain NaN or Inf values")
-    if images.numel():
-        lo, hi = float(images.min()), float(images.max())
-        if lo < -_RANGE_SLACK or hi > 1.0 + _RANGE_SLACK:
-            raise UsageError(
-                f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                + ("; divide 0–255 images by 255" if hi > 2.0 else "")
-            )
-    return images
+    if lo < -_RANGE_SLACK or hi > 1.0 + _RANGE_SLACK:
+        raise UsageError(
+            f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+            + ("; divide 0–255 images by 255" if hi > 2.0 else "")
+        )
+    return images, lo, hi
 
 
 def corrupt(
@@ -106,16 +111,20 @@ def corrupt(
     kernel = get_corruption(name)
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
         raise UsageError(f"severity must be an integer from 1 to 5, got {severity!r}")
-    x = _check_images(images)
+    x, lo, hi = _check_images(images)
     table = resolve_table(params, x.shape[-2], x.shape[-1])
     if x.shape[0] == 0:
         return x.clone()
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    work = work.detach().clamp(0.0, 1.0)
+    work = work.detach()
+    if lo < 0.0 or hi > 1.0:
+        work = work.clamp(0.0, 1.0)
     g = make_generator(generator, x.device)
     logger.debug("corrupt %s severity %d (%s table) on %s", name, severity, table, tuple(x.shape))
     out = kernel(work, severity_params(name, severity, table), generator=g)
-    return out.clamp_(0.0, 1.0).to(x.dtype)
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        out = out.clone()  # kernels never write to their input; the clamp below must not either
+    return out.clamp_(0.0, 1.0).to(x.dtype).contiguous()
 
 
 __all__ = [

@@ -32,5 +32,4 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 def rgb_to_grey(x: torch.Tensor) -> torch.Tensor:
     """``cv2.COLOR_RGB2GRAY`` luma ``0.299 R + 0.587 G + 0.114 B`` as ``(N, 1, H, W)``."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
-    return (x * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (x[:, :1] * 0.299).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rws.robustness.corruptions._linear import apply_axes, apply_plane, kron_sum_csr, sparse_ok
+
 
 def _linear_rows(coords: np.ndarray, n: int) -> np.ndarray:
     """``(len(coords), n)`` linear-interpolation weights at in-range coordinates."""
@@ -56,11 +58,74 @@ def pil_box_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m
 
 
-def apply_axes(x: torch.Tensor, mh: np.ndarray, mw: np.ndarray) -> torch.Tensor:
-    """``mh @ x @ mwᵀ`` on the last two axes (a separable linear resampling)."""
-    th = torch.as_tensor(mh, dtype=x.dtype, device=x.device)
-    tw = torch.as_tensor(mw, dtype=x.dtype, device=x.device)
-    return torch.matmul(torch.matmul(th, x), tw.transpose(0, 1))
+@lru_cache(maxsize=32)
+def _zoom_csr(
+    h: int, w: int, factors: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Mean of the clipped zooms by ``factors`` (1.0: the identity) as a CSR plane operator."""
+    terms = [
+        (1.0 / len(factors), clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z)) for z in factors
+    ]
+    return kron_sum_csr(terms, device, dtype)
+
+
+def zoom_mean(x: torch.Tensor, factors: tuple[float, ...]) -> torch.Tensor:
+    """Mean of the images and their clipped centre zooms by each factor (:func:`clipped_zoom_matrix`).
+
+    The mean of the ``len(factors) + 1`` separable maps is one sparse operator on the flattened
+    plane (a few non-zeros per pixel), cached per shape, factors, device and dtype.
+    """
+    h, w = x.shape[-2:]
+    if sparse_ok(x):
+        return apply_plane(x, _zoom_csr(h, w, (1.0, *factors), x.device, x.dtype))
+    total = x.clone()
+    for z in factors:
+        total += apply_axes(x, clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z))
+    return total / (len(factors) + 1)
+
+
+def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """The reference's ``clipped_zoom`` of each plane (:func:`clipped_zoom_matrix` on both axes)."""
+    h, w = x.shape[-2:]
+    if sparse_ok(x):
+        return apply_plane(x, _zoom_csr(h, w, (float(factor),), x.device, x.dtype))
+    return apply_axes(x, clipped_zoom_matrix(h, factor), clipped_zoom_matrix(w, factor))
+
+
+@lru_cache(maxsize=32)
+def _box_round_trip_csr(
+    h: int, w: int, sh: int, sw: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    return kron_sum_csr([(1.0, *box_round_trip(h, w, sh, sw))], device, dtype)
+
+
+def box_round_trip(h: int, w: int, sh: int, sw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column matrices of Pillow BOX resizes ``(h, w) → (sh, sw) → (h, w)``."""
+    return (
+        pil_box_matrix(sh, h) @ pil_box_matrix(h, sh),
+        pil_box_matrix(sw, w) @ pil_box_matrix(w, sw),
+    )
+
+
+def box_resize_round_trip(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """Pillow BOX resize of each plane to ``(sh, sw)`` and back, as one cached sparse operator."""
+    h, w = x.shape[-2:]
+    if sparse_ok(x):
+        return apply_plane(x, _box_round_trip_csr(h, w, sh, sw, x.device, x.dtype))
+    return apply_axes(x, *box_round_trip(h, w, sh, sw))
+
+
+def _normalise(n: int, border: str) -> tuple[float, float]:
+    """``(scale, shift)`` taking pixel coordinates to ``grid_sample``'s for a border mode."""
+    if border == "reflect":  # align_corners=True: ±1 are the border pixel centres
+        return 2.0 / max(n - 1, 1), -1.0
+    return 2.0 / n, 1.0 / n - 1.0  # align_corners=False: ±1 are the image edges
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, border: str) -> torch.Tensor:
+    return F.grid_sample(
+        x, grid, mode="bilinear", padding_mode="reflection", align_corners=border == "reflect"
+    )
 
 
 def sample_bilinear(
@@ -79,16 +144,36 @@ def sample_bilinear(
         ``(N, C, H', W')``.
     """
     h, w = x.shape[-2:]
-    if border == "reflect":  # align_corners=True: ±1 are the border pixel centres
-        gx = cols * (2.0 / max(w - 1, 1)) - 1.0
-        gy = rows * (2.0 / max(h - 1, 1)) - 1.0
-        corners = True
-    else:  # align_corners=False: ±1 are the image edges
-        gx = (2.0 * cols + 1.0) / w - 1.0
-        gy = (2.0 * rows + 1.0) / h - 1.0
-        corners = False
-    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=corners)
+    (sx, tx), (sy, ty) = _normalise(w, border), _normalise(h, border)
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    grid = torch.stack([cols, rows], dim=-1).to(x.dtype)
+    scale = torch.tensor([sx, sy], dtype=x.dtype, device=x.device)
+    shift = torch.tensor([tx, ty], dtype=x.dtype, device=x.device)
+    return _grid_sample(x, grid.mul_(scale).add_(shift), border)
+
+
+def sample_affine(x: torch.Tensor, affine: torch.Tensor, *, border: str) -> torch.Tensor:
+    """Bilinear samples of each image at ``affine[n] @ (col, row, 1)`` for every output pixel.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        affine: ``(N, 2, 3)`` map from output pixel ``(col, row, 1)`` to source ``(col, row)``.
+        border: As in :func:`sample_bilinear`.
+
+    Returns:
+        The warped batch; the grid comes from ``affine_grid`` with the map expressed in
+        ``grid_sample``'s normalised coordinates.
+    """
+    n, c, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    (sx, tx), (sy, ty) = _normalise(w, border), _normalise(h, border)
+    norm = torch.tensor([[sx, 0.0, tx], [0.0, sy, ty], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    norm = norm.to(affine.device)
+    full = torch.cat([affine.to(torch.float64), norm[2:].expand(n, 1, 3)], dim=1)  # (N, 3, 3)
+    theta = (norm @ full @ torch.linalg.inv(norm))[:, :2].to(x.dtype)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=border == "reflect")
+    return _grid_sample(x, grid, border)
 
 
 def next_pow2(n: int) -> int:

@@ -27,7 +27,9 @@ def uniform(
 ) -> torch.Tensor:
     """Uniform samples in ``[low, high)`` with ``like``'s dtype and device."""
     u = torch.rand(shape, generator=g, device=g.device, dtype=like.dtype)
-    return (u * (high - low) + low).to(like.device)
+    if (low, high) != (0.0, 1.0):
+        u.mul_(high - low).add_(low)
+    return u.to(like.device)
 
 
 def normal(
@@ -39,14 +41,21 @@ def normal(
 ) -> torch.Tensor:
     """Normal samples with ``like``'s dtype and device."""
     z = torch.randn(shape, generator=g, device=g.device, dtype=like.dtype)
-    return (z * std + mean).to(like.device)
+    if (mean, std) != (0.0, 1.0):
+        z.mul_(std).add_(mean)
+    return z.to(like.device)
 
 
 def randint(
-    shape: tuple[int, ...], g: torch.Generator, device: torch.device, low: int, high: int
+    shape: tuple[int, ...],
+    g: torch.Generator,
+    device: torch.device,
+    low: int,
+    high: int,
+    dtype: torch.dtype = torch.int64,
 ) -> torch.Tensor:
-    """Integers in ``[low, high)`` (like ``np.random.randint``) as int64 on ``device``."""
-    return torch.randint(low, high, shape, generator=g, device=g.device).to(device)
+    """Integers in ``[low, high)`` (like ``np.random.randint``) as ``dtype`` on ``device``."""
+    return torch.randint(low, high, shape, generator=g, device=g.device, dtype=dtype).to(device)
 
 
 def poisson(rate: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -69,18 +69,25 @@ def frost_texture(n: int, h: int, w: int, g: torch.Generator, like: torch.Tensor
     s_along, s_across = 1.0 / (math.pi * length), 1.0 / (math.pi * width)
     gain = torch.exp(-0.5 * (along / s_along) ** 2 - 0.5 * (across / s_across) ** 2).sum(1)
     streaks = torch.fft.irfft2(torch.fft.rfft2(noise) * gain, s=(h, w))  # (n, h, w)
-    streaks = streaks / streaks.reshape(n, -1).std(1).clamp_min(1e-12).view(n, 1, 1)
+    streaks = streaks / _std_rows(streaks.reshape(n, -1)).clamp_min(1e-12).view(n, 1, 1)
     needles = streaks.clamp_min(0.0) ** 1.5
     needles = needles / needles.reshape(n, -1).amax(1).clamp_min(1e-12).view(n, 1, 1)
     size = next_pow2(side)
     base = plasma_fractal(n, size, 2.0, g, like)[:, :h, :w]
     grey = 0.55 * base + 0.9 * needles  # (n, h, w)
     flat = grey.reshape(n, -1)
-    grey = (grey - flat.mean(1).view(n, 1, 1)) / flat.std(1).clamp_min(1e-12).view(n, 1, 1)
+    grey = (grey - flat.mean(1).view(n, 1, 1)).div_(_std_rows(flat).clamp_min(1e-12).view(n, 1, 1))
     level = _rng.uniform((n, 1, 1), g, like, 0.35, 0.8)
     spread = _rng.uniform((n, 1, 1), g, like, 0.08, 0.17)
-    grey = (grey * spread + level).clamp(0.0, 1.0)
+    grey = grey.mul_(spread).add_(level).clamp_(0.0, 1.0)
     t = _rng.uniform((n, 1, 1, 1), g, like)
     cold = torch.tensor([0.78, 0.9, 1.0], dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
     tint = cold + t * (1.0 - cold)
-    return (grey[:, None] * tint).clamp(0.0, 1.0)
+    return (grey[:, None] * tint).clamp_(0.0, 1.0)
+
+
+def _std_rows(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation of each row of ``x`` ``(n, m)`` (two passes; ``torch.std`` on
+    the CPU is ten times slower here)."""
+    centred = x - x.mean(1, keepdim=True)
+    return centred.square_().sum(1).div_(max(x.shape[1] - 1, 1)).sqrt_()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from rws.robustness.corruptions import _filters, _rng
-from rws.robustness.corruptions._resample import apply_axes, clipped_zoom_matrix
+from rws.robustness.corruptions._resample import zoom_mean
 from rws.robustness.corruptions.registry import register_corruption
 
 
@@ -15,18 +13,16 @@ from rws.robustness.corruptions.registry import register_corruption
 def defocus_blur(
     x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator
 ) -> torch.Tensor:
-    """Correlation with an anti-aliased disk ``c = (radius, alias σ)``, reflect-101 border (cv2)."""
-    return _filters.filter2d(x, _filters.disk_kernel(float(c[0]), float(c[1])), "reflect")
+    """Correlation with an anti-aliased disk ``c = (radius, alias σ)``, reflect-101 border (cv2).
+
+    The disk is a sum of a few separable terms (its SVD, :func:`_filters.lowrank_terms`), so the
+    correlation runs as banded matrix products rather than a 2-D FFT.
+    """
+    return _filters.correlate(x, _filters.disk_kernel(float(c[0]), float(c[1])), "reflect")
 
 
 def glass_shuffle(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, delta: int) -> torch.Tensor:
     """One pass of the reference's sequential local "swap", computed exactly for the whole batch.
-
-    The reference visits rows ``H-δ … δ+1`` and, inside each, columns ``W-δ … δ+1`` (bottom-right
-    to top-left) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]``, ``(h', w') = (h+dy, w+dx)``.
-    With numpy views that is a copy, ``x[h, w] ← x[h', w']`` as it stands at that moment: the value
-    of a source already visited in this pass, else its value before the pass. Following "already
-    visited" links to their end gives each pixel its final source, found by pointer doubling.
 
     Args:
         x: ``(N, C, H, W)``.
@@ -35,31 +31,47 @@ def glass_shuffle(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, delta: in
         delta: δ.
 
     Returns:
-        The batch after the pass.
+        The batch after the pass (:func:`glass_sources`).
     """
-    n, c, h, w = x.shape
-    dev = x.device
-    rows = torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    visited = ((rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)).expand(
-        n, h, w
-    )
-    me = (rows * w + cols).expand(n, h, w).reshape(n, -1)  # (N, H*W) raster index
-    src = ((rows + dy) * w + (cols + dx)).reshape(n, -1)
-    visited = visited.reshape(n, -1)
-    src = torch.where(visited, src.clamp(0, h * w - 1), me)
+    return _take_pixels(x, glass_sources(dy, dx, delta))
+
+
+def glass_sources(dy: torch.Tensor, dx: torch.Tensor, delta: int) -> torch.Tensor:
+    """``(N·H·W,)`` int32: for each pixel (flat over the batch), the flat index of the pixel whose
+    pre-pass value it holds after one pass.
+
+    The reference visits rows ``H-δ … δ+1`` and, inside each, columns ``W-δ … δ+1`` (bottom-right
+    to top-left) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]``, ``(h', w') = (h+dy, w+dx)``.
+    With numpy views that is a copy, ``x[h, w] ← x[h', w']`` as it stands at that moment: the value
+    of a source already visited in this pass, else its value before the pass. Following "already
+    visited" links to their end (by pointer doubling) gives each pixel its final source.
+    """
+    n, h, w = dy.shape
+    dev = dy.device
+    rows = torch.arange(h, device=dev, dtype=torch.int32).view(1, h, 1)
+    cols = torch.arange(w, device=dev, dtype=torch.int32).view(1, 1, w)
+    visited = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
+    step = (dy.to(torch.int32) * w).add_(dx.to(torch.int32)).masked_fill_(~visited, 0)
+    local = (step + rows * w + cols).view(-1)  # source raster index within the image
     # the scan runs in decreasing raster order: a visited source with a larger index went first
-    follow = visited & visited.gather(1, src) & (src > me)
-    ptr = torch.where(follow, src, me)
-    end = src  # the pixel whose pre-pass value a chain ends on
-    for _ in range(max(1, math.ceil(math.log2(h * w))) + 1):
-        nxt = ptr.gather(1, ptr)
+    follow = visited.view(-1).index_select(0, local).view(n, h * w)
+    follow = follow.logical_and_(step.view(n, h * w) > 0).view(-1)
+    base = torch.arange(0, n * h * w, h * w, device=dev, dtype=torch.int32).view(n, 1)
+    src = local.view(n, h * w).add_(base).view(-1)  # flat over the batch
+    ptr = torch.where(follow, src, torch.arange(src.numel(), device=dev, dtype=torch.int32))
+    while True:  # pointer doubling to each chain's end: log2(longest chain) rounds
+        nxt = ptr.index_select(0, ptr)
         if torch.equal(nxt, ptr):
-            break
+            return src.index_select(0, ptr)  # the end's own source, read before the pass
         ptr = nxt
-    final = end.gather(1, ptr)  # (N, H*W)
-    flat = x.reshape(n, c, h * w)
-    return flat.gather(2, final[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
+
+
+def _take_pixels(x: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """``x`` with each pixel replaced by pixel ``sources`` (flat over the batch, all channels)."""
+    n, c, h, w = x.shape
+    base = torch.arange(0, n * h * w, h * w, device=x.device).view(n, 1, 1)
+    local = sources.view(n, 1, h * w).long().sub_(base).expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, local).view(n, c, h, w)
 
 
 @register_corruption("glass_blur", family="blur")
@@ -67,15 +79,22 @@ def glass_blur(
     x: torch.Tensor, c: tuple[float, int, int], *, generator: torch.Generator
 ) -> torch.Tensor:
     """Gaussian blur σ, truncation to uint8, ``iterations`` passes of local pixel copies within
-    ``max δ`` (:func:`glass_shuffle`), Gaussian blur σ again; ``c = (σ, max δ, iterations)``."""
+    ``max δ`` (:func:`glass_sources`), Gaussian blur σ again; ``c = (σ, max δ, iterations)``.
+
+    The passes only move pixels, so their source maps are composed and the pixels moved once.
+    """
     sigma, delta, iterations = float(c[0]), int(c[1]), int(c[2])
     n, _, h, w = x.shape
     x = _filters.gaussian(x, sigma)
-    x = torch.floor(x.clamp(0.0, 1.0) * 255.0) / 255.0  # the reference's np.uint8(... * 255)
+    x = x.clamp_(0.0, 1.0).mul_(255.0).floor_().div_(255.0)  # the reference's np.uint8(... * 255)
+    sources = None
     for _ in range(iterations):
-        dx = _rng.randint((n, h, w), generator, x.device, -delta, delta)
-        dy = _rng.randint((n, h, w), generator, x.device, -delta, delta)
-        x = glass_shuffle(x, dy, dx, delta)
+        dx = _rng.randint((n, h, w), generator, x.device, -delta, delta, dtype=torch.int32)
+        dy = _rng.randint((n, h, w), generator, x.device, -delta, delta, dtype=torch.int32)
+        step = glass_sources(dy, dx, delta)
+        sources = step if sources is None else sources.index_select(0, step)
+    if sources is not None:
+        x = _take_pixels(x, sources)
     return _filters.gaussian(x, sigma)
 
 
@@ -94,12 +113,11 @@ def motion_blur(
 
 @register_corruption("zoom_blur", family="blur", random=False)
 def zoom_blur(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -> torch.Tensor:
-    """Mean of the image and its centre zooms by each factor in ``c``, clipped to the image size."""
-    h, w = x.shape[-2:]
-    total = x.clone()
-    for z in c:
-        total += apply_axes(x, clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z))
-    return total / (len(c) + 1)
+    """Mean of the image and its centre zooms by each factor in ``c``, clipped to the image size.
+
+    All zooms and the mean are one sparse linear map (:func:`_resample.zoom_mean`).
+    """
+    return zoom_mean(x, tuple(float(z) for z in c))
 
 
 @register_corruption("gaussian_blur", family="blur", extra=True, random=False)

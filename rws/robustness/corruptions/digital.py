@@ -3,14 +3,15 @@ extra saturate."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import torch
 
-from rws.robustness.corruptions import _filters, _rng
+from rws.robustness.corruptions import _filters, _jpeg, _rng
 from rws.robustness.corruptions._color import hsv_to_rgb, rgb_to_hsv
-from rws.robustness.corruptions._resample import apply_axes, pil_box_matrix, sample_bilinear
+from rws.robustness.corruptions._resample import (
+    box_resize_round_trip,
+    sample_affine,
+    sample_bilinear,
+)
 from rws.robustness.corruptions.registry import register_corruption
 
 
@@ -22,16 +23,17 @@ def brightness(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torc
     is ``x · v'/v`` (grey ``v'`` where ``v = 0``).
     """
     v = x.amax(1, keepdim=True)
-    v_new = (v + c).clamp(0.0, 1.0)
-    scale = v_new / torch.where(v > 0, v, torch.ones_like(v))
-    return torch.where(v > 0, x * scale, v_new.expand_as(x))
+    v_new = (v + c).clamp_(0.0, 1.0)
+    black = v == 0  # then all of x is 0 (x ≥ 0): the product is 0 and v' is added
+    scale = v_new / v.masked_fill(black, 1.0)
+    return (x * scale).add_(v_new.masked_fill_(~black, 0.0))
 
 
 @register_corruption("contrast", family="digital", random=False)
 def contrast(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
     """Scale each channel's deviation from its spatial mean by ``c``."""
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return (x - mean) * c + mean
+    return (x - mean).mul_(c).add_(mean)
 
 
 @register_corruption("saturate", family="digital", extra=True, random=False)
@@ -63,13 +65,10 @@ def elastic_warp(
         The warped batch.
     """
     _, _, h, w = x.shape
-    a = inverse_affine.to(x.dtype)
+    x = sample_affine(x, inverse_affine.to(x.device), border="reflect")
     rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
     cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
-    src_c = a[:, 0, 0, None, None] * cols + a[:, 0, 1, None, None] * rows + a[:, 0, 2, None, None]
-    src_r = a[:, 1, 0, None, None] * cols + a[:, 1, 1, None, None] * rows + a[:, 1, 2, None, None]
-    x = sample_bilinear(x, src_r, src_c, border="reflect")
-    return sample_bilinear(x, rows + dy, cols + dx, border="symmetric")
+    return sample_bilinear(x, dy + rows, dx + cols, border="symmetric")
 
 
 @register_corruption("elastic_transform", family="digital")
@@ -93,7 +92,7 @@ def elastic_transform(
     lhs = torch.cat([dst, torch.ones(n, 3, 1, dtype=torch.float64, device=x.device)], dim=2)
     inverse = torch.linalg.solve(lhs, src.expand(n, 3, 2)).transpose(1, 2)  # (N, 2, 3)
     fields = _rng.uniform((n, 2, h, w), generator, x, -1.0, 1.0)
-    fields = _filters.gaussian_symmetric_fft(fields, sigma, truncate=3.0) * alpha
+    fields = _filters.gaussian_symmetric_fft(fields, sigma, truncate=3.0).mul_(alpha)
     return elastic_warp(x, inverse, fields[:, 0], fields[:, 1])
 
 
@@ -102,28 +101,19 @@ def pixelate(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.
     """Pillow BOX resize to ``int(side·c)`` and BOX back (the reference's resampling, in float)."""
     h, w = x.shape[-2:]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    mh = pil_box_matrix(sh, h) @ pil_box_matrix(h, sh)
-    mw = pil_box_matrix(sw, w) @ pil_box_matrix(w, sw)
-    return apply_axes(x, mh, mw)
+    return box_resize_round_trip(x, sh, sw)
 
 
 @register_corruption("jpeg_compression", family="digital", random=False)
 def jpeg_compression(x: torch.Tensor, c: int, *, generator: torch.Generator) -> torch.Tensor:
     """Pillow JPEG encode/decode at quality ``c`` (default 4:2:0 chroma subsampling).
 
-    The one kernel that is not batched: each image is rounded to uint8 and round-tripped through
-    Pillow on the CPU, then moved back to the batch's device.
+    The one kernel that is not a torch op: the images are rounded to uint8 and round-tripped
+    through Pillow on the CPU (encoded together as one canvas, byte-identical to encoding each
+    alone, :mod:`._jpeg`), then moved back to the batch's device.
     """
-    from PIL import Image
-
-    u8 = (x.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    u8 = x.detach().mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
     arr = u8.permute(0, 2, 3, 1).cpu().numpy()
-    out = np.empty_like(arr)
-    for i, img in enumerate(arr):
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=int(c))
-        buf.seek(0)
-        with Image.open(buf) as decoded:
-            out[i] = np.asarray(decoded.convert("RGB"))
+    out = _jpeg.round_trip(arr, int(c))
     y = torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
     return y / 255.0

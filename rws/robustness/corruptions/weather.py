@@ -6,7 +6,7 @@ import torch
 
 from rws.robustness.corruptions import _filters, _rng
 from rws.robustness.corruptions._color import rgb_to_grey
-from rws.robustness.corruptions._resample import apply_axes, clipped_zoom_matrix, next_pow2
+from rws.robustness.corruptions._resample import clipped_zoom, next_pow2
 from rws.robustness.corruptions._textures import frost_texture, plasma_fractal
 from rws.robustness.corruptions.registry import register_corruption
 
@@ -24,14 +24,14 @@ def snow(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -
     mean, std, zoom, threshold, radius, sigma, weight = (float(v) for v in c)
     n, _, h, w = x.shape
     layer = _rng.normal((n, 1, h, w), generator, x, mean, std)
-    layer = apply_axes(layer, clipped_zoom_matrix(h, zoom), clipped_zoom_matrix(w, zoom))
-    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
-    layer = torch.floor(layer.clamp(0.0, 1.0) * 255.0) / 255.0
+    layer = clipped_zoom(layer, zoom)
+    layer = layer.masked_fill(layer < threshold, 0.0).clamp_(0.0, 1.0)
+    layer = layer.mul_(255.0).floor_().div_(255.0)
     angle = _rng.uniform((n,), generator, x, -135.0, -45.0)
     layer = _filters.motion_blur(layer, radius, sigma, angle)
-    layer = torch.round(layer * 255.0) / 255.0  # the blurred layer came back as uint8
-    x = weight * x + (1.0 - weight) * torch.maximum(x, rgb_to_grey(x) * 1.5 + 0.5)
-    return x + layer + layer.flip(-2, -1)
+    layer = layer.mul_(255.0).round_().div_(255.0)  # the blurred layer came back as uint8
+    out = torch.maximum(x, rgb_to_grey(x).mul_(1.5).add_(0.5)).mul_(1.0 - weight)
+    return out.add_(x, alpha=weight).add_(layer.add_(layer.flip(-2, -1)))
 
 
 @register_corruption("frost", family="weather")
@@ -43,7 +43,7 @@ def frost(x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator
     (:func:`rws.robustness.corruptions._textures.frost_texture`).
     """
     n, _, h, w = x.shape
-    return float(c[0]) * x + float(c[1]) * frost_texture(n, h, w, generator, x)
+    return frost_texture(n, h, w, generator, x).mul_(float(c[1])).add_(x, alpha=float(c[0]))
 
 
 @register_corruption("fog", family="weather")
@@ -57,4 +57,5 @@ def fog(x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator) 
     n, _, h, w = x.shape
     fractal = plasma_fractal(n, next_pow2(max(h, w)), decay, generator, x)[:, None, :h, :w]
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    # kept in this order: the shipped signature library was trained on it, bit for bit
     return (x + strength * fractal) * peak / (peak + strength)
