@@ -147,6 +147,13 @@ class AlphaCurve:
         """The α = 0 point (the unpatched model)."""
         return next(p for p in self.points if p.alpha == 0.0)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AlphaCurve:
+        """Inverse of :meth:`to_dict` (e.g. a patch's ``provenance["alpha_curve"]``)."""
+        points = [AlphaPoint(**p) for p in d["points"]]
+        chosen = next(p for p in points if p.alpha == d["chosen"])
+        return cls(points, chosen, dict(d["criterion"]), d["max_robust_drop"], d["n_examples"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "points": [asdict(p) for p in self.points],
@@ -171,13 +178,6 @@ def choose_alpha(
     return max(sorted(ok, key=lambda p: p.alpha), key=lambda p: p.score(criterion))
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> float:
-    correct = sum(int((model(x[a : a + bs]).argmax(1) == y[a : a + bs]).sum())
-                  for a in range(0, len(y), bs))  # fmt: skip
-    return correct / len(y)
-
-
 def alpha_curve(
     model: nn.Module,
     patch: Patch,
@@ -194,7 +194,7 @@ def alpha_curve(
     Raises:
         UsageError: an empty split or bad settings.
     """
-    from rws.train import corrupted_inputs
+    from rws.train import accuracy, corrupted_inputs
 
     s = settings or AlphaSettings()
     if len(split) == 0:
@@ -212,14 +212,14 @@ def alpha_curve(
         task = bar.add_task("alpha search", total=len(s.grid))
         for a in s.grid:
             with patched(model, patch, scale=a):
-                clean = _accuracy(model, x, y, s.batch_size)
-                corr = _accuracy(model, xc, y, s.batch_size) if xc is not None else math.nan
+                clean = accuracy(model, x, y, s.batch_size, dev)
+                corr = accuracy(model, xc, y, s.batch_size, dev) if xc is not None else math.nan
                 robust = math.nan
                 if s.attack_steps:
                     g = torch.Generator().manual_seed(s.seed)
                     xa = attack(model, x, y, "pgd", eps=s.attack_eps, steps=s.attack_steps,
                                 generator=g, batch_size=s.batch_size)  # fmt: skip
-                    robust = _accuracy(model, xa, y, s.batch_size)
+                    robust = accuracy(model, xa, y, s.batch_size, dev)
             points.append(AlphaPoint(a, clean, corr, robust))
             bar.advance(task)
     chosen = choose_alpha(points, s.criterion, s.max_robust_drop)

@@ -226,13 +226,10 @@ def extract(
         patch = rws.extract(base, tuned[0], method=method, **common, **options)
     patch.save(output)
     if "alpha_curve" in patch.provenance:
-        from rws.alpha import AlphaCurve, AlphaPoint, plot_alpha_curve
+        from rws.alpha import AlphaCurve, plot_alpha_curve
         from rws.cli_rift import alpha_table
 
-        c = patch.provenance["alpha_curve"]
-        points = [AlphaPoint(**p) for p in c["points"]]
-        curve = AlphaCurve(points, next(p for p in points if p.alpha == c["chosen"]),
-                           c["criterion"], c["max_robust_drop"], c["n_examples"])  # fmt: skip
+        curve = AlphaCurve.from_dict(patch.provenance["alpha_curve"])
         out.print(alpha_table(curve))
         if plot is not None:
             plot_alpha_curve(curve, str(plot), title="interpolation")

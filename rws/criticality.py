@@ -20,10 +20,9 @@ down to the input.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +37,7 @@ from rws.device import resolve_device
 from rws.errors import UsageError
 from rws.robustness.attacks import attack, parse_eps
 from rws.select import group_layers, module_of
+from rws.train import grad_only
 from rws.train_state import check_float, check_int
 
 __all__ = [
@@ -212,19 +212,6 @@ def _loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> tu
     return float(loss) / len(y), int(correct) / len(y)
 
 
-@contextlib.contextmanager
-def _only_grad(model: nn.Module, keep: nn.Parameter) -> Iterator[None]:
-    """Every parameter but ``keep`` frozen; ``requires_grad`` restored afterwards."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(p is keep)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
 def module_mrc(
     model: nn.Module,
     weight: nn.Parameter,
@@ -242,7 +229,7 @@ def module_mrc(
     bs = settings.batch_size
     best_loss, best_acc = base
     try:
-        with _only_grad(model, weight):
+        with grad_only(model, lambda _, p: p is weight):
             for _ in range(settings.passes):
                 for a in range(0, len(y), bs):
                     loss = F.cross_entropy(model(x[a : a + bs]), y[a : a + bs])

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,10 @@ __all__ = [
     "EpochStats",
     "TrainConfig",
     "TrainResult",
+    "accuracy",
     "corrupted_inputs",
     "finetune",
+    "grad_only",
     "init_model",
     "recalibrate_bn",
     "resolve_device",
@@ -131,14 +133,15 @@ def _val_inputs(split: Split, config: TrainConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(
+def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, dev: torch.device
 ) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, on ``dev``) in batches of ``bs``; NaN if empty."""
     if len(y) == 0:
         return math.nan
     model.eval()
     correct = sum(
-        int((model(x[a : a + bs].to(dev)).argmax(1).cpu() == y[a : a + bs]).sum())
+        int((model(x[a : a + bs].to(dev)).argmax(1).to(y.device) == y[a : a + bs]).sum())
         for a in range(0, len(y), bs)
     )
     return correct / len(y)
@@ -220,12 +223,19 @@ def _frozen_except(model: nn.Module, trainable: Sequence[str]) -> Iterator[None]
             f"{', '.join(layers[:6])}"
         )
     prefixes = tuple(n + "." for n in trainable)
+    with grad_only(model, lambda name, _: name.startswith(prefixes)):
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UsageError(f"trainable module(s) {', '.join(trainable)} have no parameters")
+        yield
+
+
+@contextlib.contextmanager
+def grad_only(model: nn.Module, keep: Callable[[str, nn.Parameter], bool]) -> Iterator[None]:
+    """``requires_grad`` only on the parameters ``keep(name, p)`` selects; restored afterwards."""
     saved = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(prefixes))
-        if not any(p.requires_grad for p in model.parameters()):
-            raise UsageError(f"trainable module(s) {', '.join(trainable)} have no parameters")
+            p.requires_grad_(keep(name, p))
         yield
     finally:
         for p, flag in saved:
@@ -240,7 +250,7 @@ def _robust_accuracy(
         return math.nan
     g = torch.Generator().manual_seed(_derived_seed(c.seed, "val-attack"))
     x_adv = _adversarial(model, x.to(dev), y.to(dev), c, g, batch_size=bs)
-    return _accuracy(model, x_adv, y, bs, dev)
+    return accuracy(model, x_adv, y, bs, dev)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -342,11 +352,11 @@ def _finetune(
             loss, acc = _train_epoch(model, data.train, config, opt, g, dev,
                                      lambda: bar.advance(task))  # fmt: skip
             bs = max(config.batch_size, 256)
-            val_clean = _accuracy(model, data.val.x, data.val.y, bs, dev)
+            val_clean = accuracy(model, data.val.x, data.val.y, bs, dev)
             if config.attack:
                 val = _robust_accuracy(model, val_x, data.val.y, config, bs, dev)
             elif config.corruptions:
-                val = _accuracy(model, val_x, data.val.y, bs, dev)
+                val = accuracy(model, val_x, data.val.y, bs, dev)
             else:
                 val = val_clean
             if config.keep_best and (best_state is None or val > max(h.val_acc for h in history)):

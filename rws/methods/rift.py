@@ -31,7 +31,7 @@ from torch import nn
 from rws.alpha import AlphaCurve, AlphaSettings, alpha_curve
 from rws.atomic import write_atomic
 from rws.checkpoint import describe_source
-from rws.criticality import MrcResult, MrcSettings, mrc, trainable_modules
+from rws.criticality import MrcResult, MrcSettings, layers_of, mrc, trainable_modules
 from rws.data.types import ImageDataset
 from rws.device import resolve_device
 from rws.errors import UsageError
@@ -88,12 +88,6 @@ def _mrc_cached(
     return res
 
 
-def _layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
-    from rws.criticality import layers_of
-
-    return layers_of(model)
-
-
 def rift(
     model: nn.Module,
     data: ImageDataset | str,
@@ -147,7 +141,7 @@ def rift(
     work = Path(work_dir) if work_dir is not None else None
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
-    layers = dict(_layers(model))
+    layers = dict(layers_of(model))
     if module is not None and module not in layers:
         raise UsageError(
             f"--module {module!r}: not a conv/linear module; use one of {', '.join(layers)}"
