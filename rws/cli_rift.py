@@ -14,6 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from rws.cli_eval import DeviceOpt
+from rws.cli_train import (
+    BatchOpt,
+    CheckpointDirOpt,
+    DecayOpt,
+    LrOpt,
+    MomentumOpt,
+    OptimizerOpt,
+    ScheduleOpt,
+)
 from rws.errors import OutputPathError
 
 ArchOpt = Annotated[str, typer.Option(help="Registered model, module.path:factory or timm:NAME.")]
@@ -46,22 +55,18 @@ def advtrain_command(
     step_size: Annotated[
         str | None, typer.Option(help="PGD step (default 2.5·eps/steps, 2/255 at 8/255).")
     ] = None,
-    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (Adam's β1).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    schedule: Annotated[
-        str, typer.Option(help="step (×0.1 at 40% and 80%), cosine or constant.")
-    ] = "step",
+    lr: LrOpt = 0.1,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: DecayOpt = 5e-4,
+    batch_size: BatchOpt = 128,
+    optimizer: OptimizerOpt = "sgd",
+    schedule: ScheduleOpt = "step",
     keep: Annotated[
         str, typer.Option(help="best (epoch with the best validation PGD accuracy) or last.")
     ] = "best",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    checkpoint_dir: Annotated[
-        Path | None, typer.Option(help="Checkpoint every epoch here; rerun to resume.")
-    ] = None,
+    checkpoint_dir: CheckpointDirOpt = None,
 ) -> None:
     """PGD adversarial training (Madry et al.): the AT model RiFT starts from.
 

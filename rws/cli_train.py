@@ -15,6 +15,16 @@ import typer
 from rws.cli_eval import DeviceOpt
 from rws.errors import OutputPathError, UsageError
 
+LrOpt = Annotated[float, typer.Option(help="Initial learning rate.")]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum (Adam's β1).")]
+DecayOpt = Annotated[float, typer.Option(help="L2 weight decay.")]
+BatchOpt = Annotated[int, typer.Option(help="Images per step.")]
+OptimizerOpt = Annotated[str, typer.Option(help="sgd or adam.")]
+ScheduleOpt = Annotated[str, typer.Option(help="step (×0.1 at 40% and 80%), cosine or constant.")]
+CheckpointDirOpt = Annotated[
+    Path | None, typer.Option(help="Checkpoint every epoch here; rerun to resume.")
+]
+
 
 def parse_severity(text: str) -> tuple[int, int]:
     """``"5"`` → ``(5, 5)``; ``"3-5"`` → ``(3, 5)``.
@@ -63,19 +73,15 @@ def finetune_command(
         str, typer.Option(help="Severity S, or a range LO-HI drawn per batch.")
     ] = "5",
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 50,
-    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.01,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (Adam's β1).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    schedule: Annotated[
-        str, typer.Option(help="step (×0.1 at 40% and 80%), cosine or constant.")
-    ] = "step",
+    lr: LrOpt = 0.01,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: DecayOpt = 5e-4,
+    batch_size: BatchOpt = 128,
+    optimizer: OptimizerOpt = "sgd",
+    schedule: ScheduleOpt = "step",
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and corruptions.")] = 0,
     device: DeviceOpt = "auto",
-    checkpoint_dir: Annotated[
-        Path | None, typer.Option(help="Checkpoint every epoch here; rerun to resume.")
-    ] = None,
+    checkpoint_dir: CheckpointDirOpt = None,
 ) -> None:
     """Fine-tune on data corrupted on the fly (defaults: the RWS reference's SGD recipe).
 
