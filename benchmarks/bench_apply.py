@@ -50,8 +50,8 @@ def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
 
 def make_inputs(folder: Path, gib: float) -> tuple[Path, Path]:
     """A transformer-shaped random fp16 checkpoint of ~gib GiB and a full-model int8 patch."""
-    from rws.patch import Patch, encode_deltas
-    from rws.safetensors_io import StreamWriter
+    from rws.io.safetensors_io import StreamWriter
+    from rws.patching.patch import Patch, encode_deltas
 
     base, patch_path = folder / f"base-{gib}g.safetensors", folder / f"patch-{gib}g.safetensors"
     if base.exists() and patch_path.exists():

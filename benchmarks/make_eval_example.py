@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import rws
-from rws.cli import app
-from rws.cli_eval import eval_command
+from rws.cli.app import app
+from rws.cli.eval import eval_command
 from rws.data import load_digits
 from rws.models import create_model
 from rws.robustness.corruptions import corrupt

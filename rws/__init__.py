@@ -1,25 +1,24 @@
 """rws: weight-space robustness patching (Robust Weight Signatures, RiFT) as patch files."""
 
-__version__ = "0.1.0"
-
-from rws.codecs import list_codecs
-from rws.criticality import mrc
+from rws._version import __version__
 from rws.errors import RwsError
-from rws.extract import extract, layer_deltas
-from rws.fileops import apply_file, remove_file
-from rws.hub import pull, push
-from rws.inspect import describe
+from rws.hub.client import pull, push
 from rws.methods import list_methods
-from rws.methods.interpolation import interpolate
-from rws.methods.rift import rift
+from rws.methods.extract import extract, layer_deltas
 from rws.models import list_models
-from rws.ops import apply, patched, remove
-from rws.patch import Patch, compose, load
+from rws.patching.codecs import list_codecs
+from rws.patching.describe import describe
+from rws.patching.files import apply_file, remove_file
+from rws.patching.ops import apply, patched, remove
+from rws.patching.patch import Patch, compose, load
+from rws.recipes.criticality import mrc
+from rws.recipes.interpolation import interpolate
+from rws.recipes.rift import rift
 from rws.robustness.attacks import attack, list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, corrupt, list_corruptions
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
-from rws.train import TrainConfig, finetune, recalibrate_bn
+from rws.training.train import TrainConfig, finetune, recalibrate_bn
 
 __all__ = [
     "CORRUPTIONS",

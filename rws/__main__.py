@@ -1,5 +1,5 @@
 """``python -m rws`` (also what ``torchrun -m rws`` runs)."""
 
-from rws.cli import app
+from rws.cli.app import app
 
 app(prog_name="rws")

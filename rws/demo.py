@@ -24,17 +24,18 @@ from typing import Any
 
 from torch import nn
 
-from rws.analysis import plot_similarity, similarity
+from rws.analysis.signatures import plot_similarity, similarity
 from rws.data import ImageDataset, load_digits
 from rws.errors import UsageError
-from rws.extract import extract
+from rws.io.figures import save_figure
+from rws.io.safetensors_io import TensorFile, save_tensors
+from rws.methods.extract import extract
 from rws.models import create_model
-from rws.patch import Patch, compose, load
+from rws.patching.patch import Patch, compose, load
 from rws.robustness.corruptions import get_corruption
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
-from rws.safetensors_io import TensorFile, save_tensors
-from rws.train import TrainConfig, finetune, init_model
+from rws.training.train import TrainConfig, finetune, init_model
 
 ARCH = "small-cnn"
 DEMO_KEY = "rws.demo"
@@ -175,6 +176,6 @@ def run_demo(
     report.save_csv(out / "report.csv")
     report.save_plots(out / "report.png")
     if len(fp32_sigs) > 1:  # signatures of different corruptions should look different
-        plot_similarity(similarity(fp32_sigs), out / "signatures-similarity.png")
+        save_figure(plot_similarity(similarity(fp32_sigs)), out / "signatures-similarity.png")
     model_path = out / "clean.safetensors"
     return DemoResult(report, out, signatures, sizes, model_path.stat().st_size, cached)

@@ -10,8 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 import rws
-from rws.cli import app
+from rws.cli.app import app
 from rws.demo import DemoConfig, run_demo
+from rws.io.checkpoint import open_checkpoint
 
 CFG = DemoConfig()  # the shipped signature library is this configuration's output (1 thread)
 
@@ -92,6 +93,6 @@ def test_regenerating_reproduces_the_shipped_signature_library(
         fresh = rws.load(out / "signatures" / entry["file"])
         assert fresh.fingerprint() == shipped.fingerprint(), entry["file"]
     for name in ("origin.safetensors", "clean.safetensors"):
-        a = rws.checkpoint.open_checkpoint(ROOT / "signatures" / name).state_dict()
-        b = rws.checkpoint.open_checkpoint(out / name).state_dict()
+        a = open_checkpoint(ROOT / "signatures" / name).state_dict()
+        b = open_checkpoint(out / name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

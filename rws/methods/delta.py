@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from rws.arith import exact_delta
-from rws.checkpoint import Checkpoint
+from rws.io.checkpoint import Checkpoint
 from rws.methods.registry import DeltaFn, register_method
+from rws.patching.arith import exact_delta
 
 
 @register_method("delta", kind="delta", summary="tuned − base (task-vector style)")

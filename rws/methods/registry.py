@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rws.checkpoint import Checkpoint
+from rws.io.checkpoint import Checkpoint
 from rws.registry import Registry
 
 DeltaFn = Callable[[str], torch.Tensor]

@@ -35,11 +35,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rws.arith import compute_dtype, exact_delta
-from rws.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
+from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
 from rws.methods.registry import DeltaFn, register_method
-from rws.select import module_of
+from rws.patching.arith import compute_dtype, exact_delta
+from rws.patching.selection import module_of
 
 BN_MODES = ("average", "delta", "skip")
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from rws.checkpoint import open_checkpoint
 from rws.errors import CheckpointError, UsageError
+from rws.io.checkpoint import open_checkpoint
 from rws.models.layers import CIFAR_MEAN, CIFAR_STD, Normalize
 from rws.models.registry import create_model
 

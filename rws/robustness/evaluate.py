@@ -25,16 +25,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rws import __version__
+from rws._version import __version__
 from rws.data import ImageDataset, Split, load_cifar_c, resolve_data
-from rws.device import resolve_device
 from rws.errors import (
     EvaluationError,
     MalformedInputError,
     UsageError,
 )
-from rws.ops import patched
-from rws.patch import Patch
+from rws.patching.ops import patched
+from rws.patching.patch import Patch
 from rws.robustness import distributed as dist
 from rws.robustness.attacks import attack as run_attack
 from rws.robustness.attacks import check_gradient_masking, get_attack, parse_eps
@@ -47,6 +46,7 @@ from rws.robustness.report import (
     compare,
     mean_corruption_error,
 )
+from rws.runtime.device import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rws.atomic import write_atomic
 from rws.errors import InputFileError, MalformedInputError, UsageError
+from rws.io.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

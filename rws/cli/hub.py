@@ -1,0 +1,80 @@
+"""``rws push`` and ``rws pull``: parse, call :mod:`rws.hub.client`, render.
+
+Registered by ``rws/cli.py`` as ``app.command("push")(push_command)`` and
+``app.command("pull")(pull_command)``; errors reach its one error boundary (Hub failures exit 6).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        help="Hub URL (default: $RWS_HF_ENDPOINT, else $HF_ENDPOINT, else https://huggingface.co).",
+    ),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit.")]
+
+
+def push_command(
+    patches: Annotated[list[str], typer.Argument(help="Patch files (local or hf://).")],
+    repo: Annotated[str, typer.Option("--repo", help="Model repo ORG/NAME (created if needed).")],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repo private (new repos only).")
+    ] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to commit to (default main).")
+    ] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="`rws eval --out` JSON: results for the model card."),
+    ] = None,
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Upload patches and a generated model card (README.md) to a Hub model repo, in one commit.
+
+    The token comes from `hf auth login` or $HF_TOKEN, never from rws.
+
+    Example: rws push fog.rws.safetensors --repo org/resnet20-fog --report eval.json
+    """
+    import rws
+    from rws.cli.app import out
+
+    res = rws.push(
+        patches, repo, private=private, revision=revision, message=message, report=report,
+        endpoint=endpoint,
+    )  # fmt: skip
+    out.print(
+        f"pushed {', '.join(res.files)} to {res.repo_id}@{res.revision}: commit "
+        f"{res.commit[:12]} ({res.url})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def pull_command(
+    ref: Annotated[str, typer.Argument(help="ORG/NAME[/FILE][@REV], with or without hf://.")],
+    revision: RevisionOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also copy the files into this folder (atomically)."),
+    ] = None,
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Download a file or a whole repo through the Hugging Face cache; print the local paths.
+
+    HF_HUB_OFFLINE=1 reads the cache only.
+
+    Example: rws pull org/resnet20-fog/fog.rws.safetensors -o patches/
+    """
+    import rws
+    from rws.cli.app import out
+
+    for path in rws.pull(ref, revision=revision, output_dir=output, endpoint=endpoint):
+        out.print(str(path), markup=False, soft_wrap=True)

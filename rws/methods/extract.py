@@ -1,0 +1,160 @@
+"""``extract``: checkpoint → select → method → codec → :class:`~rws.patching.patch.Patch`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
+from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
+from rws.methods import METHODS
+from rws.patching import codecs
+from rws.patching.patch import Patch, encode_deltas, provenance
+from rws.patching.selection import (
+    Layer,
+    by_energy,
+    candidates,
+    group_layers,
+    layer_energy,
+    relative_energy,
+)
+from rws.patching.selection import shallow as first_layers
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """One layer's relative delta norm, for ``diff`` and energy selection."""
+
+    layer: str
+    tensors: tuple[str, ...]
+    delta_l2: float
+    base_l2: float
+
+    @property
+    def relative(self) -> float:
+        if self.base_l2 == 0.0:
+            return 0.0 if self.delta_l2 == 0.0 else float("inf")
+        return self.delta_l2 / self.base_l2
+
+
+def _open_pair(
+    base: Source,
+    tuned: Source,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> tuple[Checkpoint, Checkpoint, list[str]]:
+    b, t = open_checkpoint(base), open_checkpoint(tuned)
+    names = candidates(b, include=include, exclude=exclude)
+    for n in names:
+        if n not in t:
+            raise MissingTensorError(n, t.path, f"it is in {b.path}: not the same architecture")
+        if tuple(t.shape(n)) != tuple(b.shape(n)):
+            raise ShapeMismatchError(n, b.shape(n), t.shape(n))
+    if not names:
+        raise UsageError("no tensor matches the --include/--exclude patterns")
+    return b, t, names
+
+
+def layer_deltas(
+    base: Source,
+    tuned: Source,
+    *,
+    method: str = "delta",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **options: Any,
+) -> list[LayerDelta]:
+    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows)."""
+    b, t, names = _open_pair(base, tuned, include, exclude)
+    delta_of, _ = METHODS.get(method).prepare(b, t, **options)
+    layers = group_layers(names, b.shape)
+    energy = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
+    return [_layer_delta(layer, energy) for layer in layers]
+
+
+def _layer_delta(layer: Layer, energy: Mapping[str, tuple[float, float]]) -> LayerDelta:
+    d2 = sum(energy[n][0] for n in layer.tensors)
+    w2 = sum(energy[n][1] for n in layer.tensors)
+    return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5)
+
+
+def extract(
+    base: Source,
+    tuned: Source,
+    *,
+    method: str = "delta",
+    codec: str = "fp32",
+    blocksize: int = codecs.DEFAULT_BLOCKSIZE,
+    shallow: int | None = None,
+    energy: float | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    name: str = "",
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Patch:
+    """Extract a patch that turns ``base`` into ``tuned`` on the selected tensors.
+
+    Args:
+        base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
+        method: a registered method (``rws.list_methods()``); extra keywords go to it.
+        codec: ``fp32`` (default, lossless), ``fp16``, ``bf16``, ``int8``, ``bnb8``, ``nf4``,
+            ``fp4``.
+        blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
+        shallow: keep only the first K layers (conv/linear + bias + following norm layers).
+        energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖².
+        include, exclude: tensor-name globs applied before layer selection.
+        name, description, tags: labels stored in the patch metadata.
+
+    Returns:
+        The patch; tensors whose delta is exactly zero are not stored (``patch.skipped``).
+
+    Example:
+        >>> patch = rws.extract(clean_model, tuned_model, codec="int8", shallow=3)  # doctest: +SKIP
+    """
+    if shallow is not None and energy is not None:
+        raise UsageError("choose one of --shallow and --energy, not both")
+    codecs.CODECS.entry(codec)
+    m = METHODS.get(method)
+    b, t, names = _open_pair(base, tuned, include, exclude)
+    delta_of, facts = m.prepare(b, t, **options)
+    layers = group_layers(names, b.shape)
+    if shallow is not None:
+        layers = first_layers(layers, shallow)
+    elif energy is not None:
+        e = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
+        layers = by_energy(layers, [layer_energy(layer, e) for layer in layers], energy)
+    selected = [n for layer in layers for n in layer.tensors]
+    tensors, skipped = encode_deltas(
+        ((n, delta_of(n), b.get(n)) for n in selected), codec=codec, blocksize=blocksize
+    )
+    selection = {"include": list(include or []), "exclude": list(exclude or [])}
+    selection.update({"shallow": shallow, "energy": energy, "layers": [la.name for la in layers]})
+    return Patch(
+        tensors=tensors,
+        kind=m.kind,
+        name=name,
+        description=description,
+        tags=dict(tags or {}),
+        provenance=provenance(
+            method=method,
+            codec=codec,
+            blocksize=blocksize if codec in ("int8", "bnb8", "nf4", "fp4") else None,
+            selection=selection,
+            base=describe_source(base),
+            tuned=describe_source(tuned),
+            **facts,
+        ),
+        skipped=skipped,
+        base={"numel": b.numel(), "tensors": len(b.keys()), "dtypes": _dtypes(b)},
+    )
+
+
+def _dtypes(ck: Checkpoint) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in ck:
+        key = str(ck.dtype(n)).removeprefix("torch.")
+        out[key] = out.get(key, 0) + 1
+    return out

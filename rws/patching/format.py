@@ -1,0 +1,148 @@
+"""The on-disk patch format v1: a safetensors file whose ``__metadata__["rws"]`` is a JSON manifest.
+
+Layout (DESIGN.md §3): for every patched tensor ``NAME``, the codec's stored tensors are saved under
+``NAME`` (float codecs) or ``NAME::<suffix>`` (quantized codecs). The manifest::
+
+    {"format": 1, "kind": "delta", "scale": 1.0, "name": ..., "description": ..., "tags": {...},
+     "tensors": {NAME: {"shape", "dtype", "codec", "params", "numel", "delta_l2", "base_l2",
+                        "base_sha256"}},
+     "skipped": [names whose delta was exactly zero], "base": {"numel", "tensors"},
+     "provenance": {...}}
+
+Readers refuse unknown major versions; unknown extra keys are kept and written back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from rws.errors import CheckpointError, FormatVersionError, InputFileError, PatchFormatError
+from rws.io.safetensors_io import TensorFile, save_tensors
+
+FORMAT_VERSION = 1
+META_KEY = "rws"
+APPLIED_KEY = "rws.applied"
+KINDS = ("delta", "rws", "rift", "interpolation", "composed")
+SEP = "::"
+
+
+def write_patch(
+    path: str | os.PathLike, stored: Mapping[str, torch.Tensor], manifest: Mapping[str, Any]
+) -> None:
+    """Write stored tensors and the manifest atomically."""
+    meta = {"format": FORMAT_VERSION, **manifest}
+    save_tensors(path, stored, {META_KEY: json.dumps(meta)})  # keeps depth order
+
+
+class StoredParts(Mapping[str, torch.Tensor]):
+    """One patched tensor's stored parts by suffix, read from the file only when used."""
+
+    def __init__(self, file: TensorFile, keys: dict[str, str]) -> None:
+        self._file, self._keys = file, keys
+
+    def __getitem__(self, suffix: str) -> torch.Tensor:
+        return self._file.get(self._keys[suffix])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def nbytes(self) -> int:
+        """Stored bytes, from the header (nothing is read)."""
+        return sum(self._file.nbytes(k) for k in self._keys.values())
+
+
+def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, StoredParts]]:
+    """Read a patch file's manifest; tensors are read lazily, one at a time, when decoded.
+
+    Raises:
+        InputFileError: missing or unreadable.
+        PatchFormatError: not safetensors, no or malformed manifest, parts missing or stray.
+        FormatVersionError: a major format version this rws does not know.
+    """
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise InputFileError(p, "no such file" if not os.path.exists(p) else "not a file")
+    try:
+        file = TensorFile(p)
+    except CheckpointError as err:
+        raise PatchFormatError(p, err.reason) from None
+    raw_meta = file.metadata.get(META_KEY)
+    if raw_meta is None:
+        raise PatchFormatError(p, "not an rws patch (no 'rws' metadata); is it a checkpoint?")
+    try:
+        manifest = json.loads(raw_meta)
+    except json.JSONDecodeError:
+        raise PatchFormatError(p, "the 'rws' metadata is not valid JSON") from None
+    check_manifest(p, manifest)
+    keys: dict[str, dict[str, str]] = {n: {} for n in manifest["tensors"]}
+    for key in file:
+        name, _, suffix = key.partition(SEP)
+        if name not in keys:
+            raise PatchFormatError(p, f"stored tensor {key!r} is not in the manifest")
+        keys[name][suffix] = key
+    return manifest, {n: StoredParts(file, k) for n, k in keys.items()}
+
+
+def check_manifest(path: str, manifest: Any) -> None:
+    """Validate the manifest's version and required keys (one clear message per problem)."""
+    if not isinstance(manifest, dict):
+        raise PatchFormatError(path, "the 'rws' metadata is not a JSON object")
+    version = manifest.get("format")
+    if not isinstance(version, int):
+        raise PatchFormatError(path, "the 'rws' metadata has no integer 'format' version")
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            path,
+            f"patch format {version} is newer than this rws understands ({FORMAT_VERSION}); "
+            "upgrade rws",
+        )
+    if version < 1:
+        raise FormatVersionError(path, f"unknown patch format version {version}")
+    if manifest.get("kind") not in KINDS:
+        raise PatchFormatError(path, f"unknown patch kind {manifest.get('kind')!r}")
+    scale = manifest.get("scale", 1.0)
+    if not isinstance(scale, int | float) or isinstance(scale, bool):
+        raise PatchFormatError(path, "'scale' is not a number")
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, dict):
+        raise PatchFormatError(path, "the manifest has no 'tensors' table")
+    for name, info in tensors.items():
+        if not isinstance(info, dict):
+            raise PatchFormatError(path, f"tensor {name!r}: manifest entry is not an object")
+        for key in ("shape", "dtype", "codec"):
+            if key not in info:
+                raise PatchFormatError(path, f"tensor {name!r}: manifest entry lacks {key!r}")
+        if not isinstance(info["shape"], list) or not all(
+            isinstance(s, int) and s >= 0 for s in info["shape"]
+        ):
+            raise PatchFormatError(path, f"tensor {name!r}: malformed shape {info['shape']!r}")
+
+
+def read_applied(metadata: Mapping[str, str], path: str) -> list[dict[str, Any]]:
+    """The stack of patches recorded in a checkpoint's metadata (newest last)."""
+    raw = metadata.get(APPLIED_KEY)
+    if raw is None:
+        return []
+    try:
+        stack = json.loads(raw)
+    except json.JSONDecodeError:
+        raise PatchFormatError(path, f"the {APPLIED_KEY!r} metadata is not valid JSON") from None
+    if not isinstance(stack, list) or not all(isinstance(e, dict) for e in stack):
+        raise PatchFormatError(path, f"the {APPLIED_KEY!r} metadata is not a list of objects")
+    return stack
+
+
+def applied_metadata(metadata: Mapping[str, str], stack: list[dict[str, Any]]) -> dict[str, str]:
+    """Checkpoint metadata with the applied stack replaced (dropped when empty)."""
+    out = {k: v for k, v in metadata.items() if k != APPLIED_KEY}
+    if stack:
+        out[APPLIED_KEY] = json.dumps(stack)
+    return out

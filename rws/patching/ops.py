@@ -1,0 +1,282 @@
+"""Apply and remove patches on live modules, state dicts and checkpoint files.
+
+``w' = w + Σ αᵢ·scaleᵢ·decode(δᵢ)``, summed and added in float32 (float64 for a float64 base), cast
+back to ``w``'s dtype. Removal inverts that map element by element: of ``c₀ = w' − D`` and its two
+neighbouring representable values it keeps one that the forward map sends back to ``w'``, so a
+round trip restores each element to within one rounding and, in practice, almost always bit for
+bit; the base fingerprints recorded in the patch then tell which tensors are exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rws.errors import (
+    BaseMismatchError,
+    IntegrityError,
+    MissingTensorError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+from rws.io.checkpoint import is_integer_dtype, tensor_sha256
+from rws.patching.arith import add_delta, all_finite, compute_dtype, sub_delta
+from rws.patching.patch import Patch, as_items
+
+logger = logging.getLogger(__name__)
+
+PatchArg = Patch | tuple[Patch, float]
+
+
+@dataclass
+class PatchReport:
+    """What an apply or remove did: tensors touched, fingerprint checks, warnings."""
+
+    touched: int = 0
+    checked: int = 0  # tensors whose base fingerprint was compared
+    exact: int = 0  # of those, how many matched bit for bit
+    mismatched: list[str] = field(default_factory=list)  # apply: forced past a fingerprint
+    inexact: list[str] = field(default_factory=list)  # remove: not restored bit for bit
+    warnings: list[str] = field(default_factory=list)
+
+
+def group_by_tensor(
+    items: Sequence[tuple[Patch, float]], scale: float = 1.0
+) -> dict[str, list[tuple[Patch, float]]]:
+    """Tensor name → the (patch, effective α) pairs touching it, in order of first appearance."""
+    out: dict[str, list[tuple[Patch, float]]] = {}
+    for p, alpha in items:
+        for name in p.tensors:
+            out.setdefault(name, []).append((p, alpha * p.scale * scale))
+    return out
+
+
+def total_delta(
+    name: str, parts: Sequence[tuple[Patch, float]], dtype: torch.dtype
+) -> torch.Tensor:
+    """``Σ αᵢ·decode(δᵢ)`` for one tensor, in the compute dtype of ``dtype``."""
+    cd = compute_dtype(dtype)
+    acc: torch.Tensor | None = None
+    for p, alpha in parts:
+        d = p.tensors[name].decode().to(cd)
+        if alpha != 1.0:
+            d.mul_(alpha)
+        acc = d if acc is None else acc.add_(d)
+    assert acc is not None
+    return acc
+
+
+def check_target(
+    where: str,
+    name: str,
+    parts: Sequence[tuple[Patch, float]],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+) -> None:
+    """Shape and dtype checks for one tensor before any arithmetic."""
+    for p, _ in parts:
+        t = p.tensors[name]
+        if tuple(t.shape) != tuple(shape):
+            raise ShapeMismatchError(name, t.shape, shape)
+    if is_integer_dtype(dtype):
+        raise IntegrityError(
+            f"{where}: tensor {name!r} is an integer buffer ({dtype}); not patched"
+        )
+
+
+def check_base(
+    where: str,
+    name: str,
+    found: str,
+    parts: Sequence[tuple[Patch, float]],
+    report: PatchReport,
+    force: bool,
+) -> None:
+    """Compare a tensor's sha256 with the base fingerprint each patch recorded for ``name``."""
+    expected = {p.tensors[name].base_sha256 for p, _ in parts} - {None}
+    if not expected:
+        return
+    report.checked += 1
+    bad = sorted(e for e in expected if e != found)
+    if not bad:
+        report.exact += 1
+        return
+    if not force:
+        raise BaseMismatchError(where, name, bad[0], found)
+    report.mismatched.append(name)
+
+
+def check_result(name: str, out: torch.Tensor, clamp_var: bool) -> torch.Tensor:
+    """BatchNorm running-variance check on a patched tensor (clamped at 0 on request)."""
+    if name.endswith("running_var") and bool((out <= 0).any()):
+        if not clamp_var:
+            raise IntegrityError(
+                f"tensor {name!r}: patching makes a running variance <= 0; "
+                "pass --clamp-var (clamp_var=True) to clamp it at 0"
+            )
+        out = out.clamp_min(0)
+    return out
+
+
+def patch_tensor(
+    where: str,
+    name: str,
+    w: torch.Tensor,
+    parts: Sequence[tuple[Patch, float]],
+    report: PatchReport,
+    *,
+    force: bool = False,
+    clamp_var: bool = False,
+    inverse: bool = False,
+    fingerprint: Callable[[], str] | None = None,
+) -> torch.Tensor:
+    """The patched (or, with ``inverse``, un-patched) value of one tensor; ``w`` is not modified.
+
+    ``fingerprint`` returns ``w``'s sha256 when the caller computes it concurrently (the file
+    path hashes in a background thread while this computes).
+    """
+    check_target(where, name, parts, tuple(w.shape), w.dtype)
+    d = total_delta(name, parts, w.dtype).to(w.device)
+    out = sub_delta(w, d, inplace=True) if inverse else add_delta(w, d, inplace=True)
+    if not all_finite(out):  # a NaN/Inf delta shows here too; look at the delta only to say which
+        labels = ", ".join(p.label for p, _ in parts)
+        if not all_finite(total_delta(name, parts, w.dtype)):
+            raise NonFiniteError(name, f"the delta of {labels}")
+        raise NonFiniteError(name, "the patched result")
+    out = check_result(name, out, clamp_var)
+    if inverse:
+        check_restored(name, out, parts, report)
+    else:
+        found = fingerprint() if fingerprint else tensor_sha256(w)
+        check_base(where, name, found, parts, report, force)
+    report.touched += 1
+    return out
+
+
+def check_restored(
+    name: str, out: torch.Tensor, parts: Sequence[tuple[Patch, float]], report: PatchReport
+) -> None:
+    """After a removal: does the tensor hash to the base fingerprint again?"""
+    expected = {p.tensors[name].base_sha256 for p, _ in parts} - {None}
+    if not expected:
+        return
+    report.checked += 1
+    if tensor_sha256(out) in expected:
+        report.exact += 1
+    else:
+        report.inexact.append(name)
+
+
+def _state(
+    target: nn.Module | MutableMapping[str, torch.Tensor],
+) -> MutableMapping[str, torch.Tensor]:
+    return target.state_dict() if isinstance(target, nn.Module) else target
+
+
+def _assign(
+    target: nn.Module | MutableMapping[str, torch.Tensor],
+    state: MutableMapping[str, torch.Tensor],
+    values: Mapping[str, torch.Tensor],
+) -> None:
+    """Write values into a module's tensors (in place) or a dict's entries (replaced)."""
+    with torch.no_grad():
+        for name, value in values.items():
+            if isinstance(target, nn.Module):
+                state[name].copy_(value.to(state[name].device))
+            else:
+                state[name] = value
+
+
+def _run(
+    target: nn.Module | MutableMapping[str, torch.Tensor],
+    patches: Sequence[PatchArg],
+    scale: float,
+    *,
+    force: bool,
+    clamp_var: bool,
+    inverse: bool,
+) -> PatchReport:
+    state = _state(target)
+    where = f"<{type(target).__name__}>"
+    plan = group_by_tensor(as_items(patches), scale)
+    for name in plan:
+        if name not in state:
+            raise MissingTensorError(name, where, "the patch was made for another model")
+    new: dict[str, torch.Tensor] = {}
+    report = PatchReport()
+    for name, parts in plan.items():  # compute everything first: nothing changes on error
+        w = state[name].detach()
+        new[name] = patch_tensor(
+            where, name, w, parts, report, force=force, clamp_var=clamp_var, inverse=inverse
+        )
+    _assign(target, state, new)
+    for name in report.mismatched:
+        msg = f"tensor {name!r} differs from the patch's base fingerprint"
+        report.warnings.append(msg)
+        logger.warning(msg)
+    return report
+
+
+def apply(
+    target: nn.Module | MutableMapping[str, torch.Tensor],
+    *patches: PatchArg,
+    scale: float = 1.0,
+    force: bool = False,
+    clamp_var: bool = False,
+) -> PatchReport:
+    """Add patches to a module or state dict in place: ``w += scale·α·patch.scale·δ``.
+
+    Each patch may be a ``Patch`` or ``(Patch, α)``. Everything is checked (names, shapes, base
+    fingerprints, NaN/Inf) before any tensor changes.
+
+    Raises:
+        MissingTensorError, ShapeMismatchError, BaseMismatchError (unless ``force``),
+        NonFiniteError, IntegrityError.
+
+    Example:
+        >>> rws.apply(model, patch, scale=0.5)  # doctest: +SKIP
+    """
+    return _run(target, patches, scale, force=force, clamp_var=clamp_var, inverse=False)
+
+
+def remove(
+    target: nn.Module | MutableMapping[str, torch.Tensor],
+    *patches: PatchArg,
+    scale: float = 1.0,
+    force: bool = False,
+) -> PatchReport:
+    """Take patches off a module or state dict in place (the exact inverse of :func:`apply`).
+
+    The report says how many restored tensors hash to the base fingerprints again.
+    """
+    return _run(target, patches, scale, force=force, clamp_var=True, inverse=True)
+
+
+@contextmanager
+def patched(
+    model: nn.Module | MutableMapping[str, torch.Tensor],
+    *patches: PatchArg,
+    scale: float = 1.0,
+    force: bool = False,
+    clamp_var: bool = False,
+) -> Iterator[PatchReport]:
+    """Apply patches for the duration of a ``with`` block; the touched tensors are restored bit for
+    bit on exit, even when the block raises.
+
+    Example:
+        >>> with rws.patched(model, patch, scale=0.8):  # doctest: +SKIP
+        ...     acc = accuracy(model)
+    """
+    state = _state(model)
+    names = {n for p, _ in as_items(patches) for n in p.tensors}
+    saved = {n: state[n].detach().clone() for n in names if n in state}
+    report = apply(model, *patches, scale=scale, force=force, clamp_var=clamp_var)
+    try:
+        yield report
+    finally:
+        _assign(model, state, saved)

@@ -1,0 +1,341 @@
+"""``Patch``: named, encoded weight deltas with their metadata, arithmetic and save/load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from rws._version import __version__
+from rws.errors import BaseMismatchError, NonFiniteError, UsageError
+from rws.io.hub_fetch import resolve_path
+from rws.io.safetensors_io import tensor_bytes
+from rws.patching import codecs, format
+
+
+@dataclass
+class TensorDelta:
+    """One patched tensor: its encoded delta and the facts about the base it was taken against."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # the base tensor's dtype, e.g. "float32"
+    encoded: codecs.Encoded
+    base_sha256: str | None = None
+    delta_l2: float = 0.0
+    base_l2: float = 0.0
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def decode(self) -> torch.Tensor:
+        """The float32 delta (unscaled)."""
+        return codecs.decode(self.name, self.encoded, self.shape)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "codec": self.encoded.codec,
+            "params": self.encoded.params,
+            "numel": self.numel,
+            "delta_l2": self.delta_l2,
+            "base_l2": self.base_l2,
+            "base_sha256": self.base_sha256,
+        }
+
+
+@dataclass
+class Patch:
+    """A set of weight deltas: ``w' = w + scale·delta`` for each named tensor.
+
+    Arithmetic: ``patch * 0.5`` and ``-patch`` change only ``scale`` (exact, no re-encoding);
+    ``p1 + p2`` and ``p1 - p2`` decode, sum in float32 and store the result with the fp32 codec
+    (use :func:`rws.compose` to choose another codec).
+
+    Example:
+        >>> half = patch * 0.5          # doctest: +SKIP
+        >>> half.save("half.rws.safetensors")  # doctest: +SKIP
+    """
+
+    tensors: dict[str, TensorDelta]
+    kind: str = "delta"
+    scale: float = 1.0
+    name: str = ""
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)  # {"numel", "tensors"} of the whole base
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file it was loaded from, if any
+
+    def __post_init__(self) -> None:
+        if self.kind not in format.KINDS:
+            raise UsageError(f"unknown patch kind {self.kind!r}; choose one of {format.KINDS}")
+
+    # --- contents -------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Patched tensor names, in depth order."""
+        return list(self.tensors)
+
+    def delta(self, name: str, *, scaled: bool = True) -> torch.Tensor:
+        """The float32 delta of one tensor, times ``scale`` unless ``scaled=False``."""
+        d = self.tensors[name].decode()
+        return d * self.scale if scaled and self.scale != 1.0 else d
+
+    def numel(self) -> int:
+        """Elements touched by the patch."""
+        return sum(t.numel for t in self.tensors.values())
+
+    def nbytes(self) -> int:
+        """Bytes of stored tensor data."""
+        return sum(t.encoded.nbytes() for t in self.tensors.values())
+
+    def fingerprint(self) -> str:
+        """sha256 of the stored content (names, codecs, bytes); independent of scale and labels."""
+        h = hashlib.sha256()
+        for name in sorted(self.tensors):
+            t = self.tensors[name]
+            params = {k: v for k, v in t.encoded.params.items() if k != "rel_error"}
+            h.update(json.dumps([name, t.shape, t.encoded.codec, params]).encode())
+            for suffix in sorted(t.encoded.tensors):
+                h.update(suffix.encode())
+                h.update(tensor_bytes(t.encoded.tensors[suffix]))
+        return h.hexdigest()
+
+    @property
+    def label(self) -> str:
+        """A short human name: ``name``, else the file name, else the fingerprint prefix."""
+        if self.name:
+            return self.name
+        if self.source:
+            return os.path.basename(self.source)
+        return self.fingerprint()[:12]
+
+    # --- arithmetic -----------------------------------------------------------------------------
+
+    def __mul__(self, alpha: float) -> Patch:
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool):
+            return NotImplemented
+        return replace(self, scale=self.scale * float(alpha))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, alpha: float) -> Patch:
+        return self * (1.0 / alpha)
+
+    def __neg__(self) -> Patch:
+        return self * -1.0
+
+    def __add__(self, other: Patch) -> Patch:
+        if not isinstance(other, Patch):
+            return NotImplemented
+        return compose([(self, 1.0), (other, 1.0)], codec="fp32")
+
+    def __sub__(self, other: Patch) -> Patch:
+        if not isinstance(other, Patch):
+            return NotImplemented
+        return compose([(self, 1.0), (other, -1.0)], codec="fp32")
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """The JSON manifest written into the file's metadata."""
+        return {
+            **self.extra,
+            "kind": self.kind,
+            "scale": self.scale,
+            "name": self.name,
+            "description": self.description,
+            "tags": dict(self.tags),
+            "provenance": self.provenance,
+            "skipped": list(self.skipped),
+            "base": dict(self.base),
+            "tensors": {n: t.manifest() for n, t in self.tensors.items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the patch atomically as a safetensors file (format v1)."""
+        stored: dict[str, torch.Tensor] = {}
+        for name, t in self.tensors.items():
+            for suffix, part in t.encoded.tensors.items():
+                stored[name + (format.SEP + suffix if suffix else "")] = part
+        format.write_patch(path, stored, self.manifest())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Patch:
+        """Read a patch file (see :func:`rws.load`); ``hf://`` references are fetched first."""
+        p = os.fspath(resolve_path(path))
+        manifest, parts = format.read_patch(p)
+        tensors: dict[str, TensorDelta] = {}
+        for name, info in manifest["tensors"].items():
+            codec = info["codec"]
+            codecs.CODECS.entry(codec)  # unknown codec -> UnknownNameError listing the choices
+            enc = codecs.Encoded(codec, parts[name], dict(info.get("params") or {}))
+            tensors[name] = TensorDelta(
+                name=name,
+                shape=tuple(info["shape"]),
+                dtype=str(info["dtype"]),
+                encoded=enc,
+                base_sha256=info.get("base_sha256"),
+                delta_l2=float(info.get("delta_l2", 0.0)),
+                base_l2=float(info.get("base_l2", 0.0)),
+            )
+        known = {"format", "kind", "scale", "name", "description", "tags", "provenance"}
+        known |= {"skipped", "base", "tensors"}
+        return cls(
+            tensors=tensors,
+            kind=manifest["kind"],
+            scale=float(manifest.get("scale", 1.0)),
+            name=str(manifest.get("name") or ""),
+            description=str(manifest.get("description") or ""),
+            tags=dict(manifest.get("tags") or {}),
+            provenance=dict(manifest.get("provenance") or {}),
+            skipped=list(manifest.get("skipped") or []),
+            base=dict(manifest.get("base") or {}),
+            extra={k: v for k, v in manifest.items() if k not in known},
+            source=p,
+        )
+
+
+def load(path: str | os.PathLike) -> Patch:
+    """Load a patch file.
+
+    Raises:
+        InputFileError, PatchFormatError, FormatVersionError: see :func:`rws.patching.format.read_patch`.
+    """
+    return Patch.load(path)
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """Standard provenance fields plus the given ones (``None`` values dropped)."""
+
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    base = {"tool": f"rws {__version__}", "created_at": now}
+    base.update({k: v for k, v in fields.items() if v is not None})
+    return base
+
+
+def encode_deltas(
+    deltas: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
+    *,
+    codec: str = "int8",
+    blocksize: int = codecs.DEFAULT_BLOCKSIZE,
+) -> tuple[dict[str, TensorDelta], list[str]]:
+    """Encode ``(name, delta, base)`` triples; exactly-zero deltas are skipped and listed.
+
+    Raises:
+        NonFiniteError: a delta holds NaN or Inf.
+    """
+    from rws.io.checkpoint import tensor_sha256
+
+    tensors: dict[str, TensorDelta] = {}
+    skipped: list[str] = []
+    for name, delta, base in deltas:
+        d32 = delta.detach().to(torch.float32)
+        if not torch.isfinite(d32).all():
+            raise NonFiniteError(name, "the delta")
+        if not d32.any():
+            skipped.append(name)
+            continue
+        tensors[name] = TensorDelta(
+            name=name,
+            shape=tuple(base.shape),
+            dtype=str(base.dtype).removeprefix("torch."),
+            encoded=codecs.encode(name, d32, codec, blocksize=blocksize),
+            base_sha256=tensor_sha256(base),
+            delta_l2=float(d32.norm()),
+            base_l2=float(base.detach().to(torch.float32).norm()),
+        )
+    return tensors, skipped
+
+
+def compose(
+    patches: Iterable[Patch | tuple[Patch, float]],
+    *,
+    codec: str = "fp32",
+    blocksize: int = codecs.DEFAULT_BLOCKSIZE,
+    force: bool = False,
+    name: str = "",
+) -> Patch:
+    """Weighted sum ``Σ αᵢ·scaleᵢ·δᵢ`` of patches, re-encoded with ``codec`` (result scale 1).
+
+    Raises:
+        BaseMismatchError: two patches touch one tensor but were taken against different bases
+            (``force=True`` to sum anyway).
+    """
+    items = as_items(patches)
+    if not items:
+        raise UsageError("compose needs at least one patch")
+    order: list[str] = []
+    for p, _ in items:
+        order += [n for n in p.tensors if n not in order]
+    acc: dict[str, torch.Tensor] = {}
+    meta: dict[str, TensorDelta] = {}
+    for p, alpha in items:
+        for n, t in p.tensors.items():
+            first = meta.setdefault(n, t)
+            if (
+                not force
+                and first.base_sha256
+                and t.base_sha256
+                and first.base_sha256 != t.base_sha256
+            ):
+                raise BaseMismatchError(p.label, n, first.base_sha256, t.base_sha256)
+            d = t.decode() * (alpha * p.scale)
+            acc[n] = acc[n] + d if n in acc else d
+    tensors: dict[str, TensorDelta] = {}
+    skipped: list[str] = []
+    for n in order:
+        d = acc[n]
+        if not torch.isfinite(d).all():
+            raise NonFiniteError(n, "the composed delta")
+        if not d.any():
+            skipped.append(n)
+            continue
+        m = meta[n]
+        tensors[n] = replace(
+            m, encoded=codecs.encode(n, d, codec, blocksize=blocksize), delta_l2=float(d.norm())
+        )
+    sources = [
+        {"name": p.label, "sha256": p.fingerprint(), "alpha": a, "scale": p.scale} for p, a in items
+    ]
+    first_patch = items[0][0]
+    return Patch(
+        tensors=tensors,
+        kind="composed",
+        name=name,
+        provenance=provenance(method="compose", sources=sources),
+        skipped=skipped,
+        base=dict(first_patch.base),
+    )
+
+
+def _with_alpha(p: Patch | tuple[Patch, float]) -> tuple[Patch, float]:
+    if isinstance(p, Patch):
+        return p, 1.0
+    if (
+        isinstance(p, tuple)
+        and len(p) == 2
+        and isinstance(p[0], Patch)
+        and isinstance(p[1], int | float)
+    ):
+        return p[0], float(p[1])
+    raise UsageError(f"expected a Patch or (Patch, alpha), got {type(p).__name__}")
+
+
+def as_items(patches: Iterable[Patch | tuple[Patch, float]]) -> list[tuple[Patch, float]]:
+    """Normalise ``Patch`` / ``(Patch, α)`` arguments to ``(Patch, α)`` pairs."""
+    return [_with_alpha(p) for p in patches]

@@ -1,0 +1,196 @@
+"""RiFT (Zhu et al., ICCV 2023): Robust Critical Fine-Tuning of an adversarially trained model.
+
+1. MRC of every conv/linear module (:mod:`rws.recipes.criticality`) on PGD examples of the training split.
+2. Fine-tune only the least critical module (with its bias and following BatchNorm) on clean
+   training data: SGD, momentum 0.9, lr 1e-3, weight decay 5e-4, 10 epochs, lr ×0.1 at half,
+   keeping the epoch with the best clean validation accuracy. Every other module stays in eval
+   mode, so the change is confined to that one layer (the reference trains with the whole model in
+   train mode, which also moves every other BatchNorm's running statistics).
+3. Measure ``W + α·(W_ft − W)`` for α = 0, 0.1, …, 1 on the validation split (:mod:`rws.recipes.alpha`)
+   and keep the α with the best clean accuracy whose PGD accuracy is at most ``max_robust_drop``
+   (0.1 point) below the AT model's; the reference picks by hand on the test set.
+
+The patch (kind ``rift``) stores ``W_ft − W`` of that layer with ``scale = α`` and, in its
+provenance, the module, the MRC table, the α curve, the attack and the fine-tuning history.
+With ``work_dir`` every step is kept on disk and a rerun continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rws.data.types import ImageDataset
+from rws.errors import UsageError
+from rws.io.atomic import write_atomic
+from rws.io.checkpoint import describe_source
+from rws.patching.patch import Patch
+from rws.recipes.alpha import AlphaCurve, AlphaSettings, alpha_curve
+from rws.recipes.criticality import MrcResult, MrcSettings, layers_of, mrc, trainable_modules
+from rws.runtime.device import resolve_device
+from rws.training.state import TrainConfig
+
+MRC_FILE = "mrc.json"
+FINETUNE_DIR = "finetune"
+
+
+def rift_train_config(**overrides: Any) -> TrainConfig:
+    """The reference's module fine-tuning recipe (clean data, lr ×0.1 at half, best epoch kept)."""
+    base: dict[str, Any] = {
+        "epochs": 10, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
+        "optimizer": "sgd", "schedule": "step", "milestones": (0.5,), "keep_best": True,
+    }  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+@dataclass
+class RiftResult:
+    """Everything a RiFT run found: the patch and the steps that led to it."""
+
+    patch: Patch
+    mrc: MrcResult
+    module: str
+    curve: AlphaCurve
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tuned: nn.Module | None = None
+
+
+def _mrc_cached(
+    model: nn.Module, data: ImageDataset, settings: MrcSettings, work: Path | None,
+    device: str, progress: bool,
+) -> MrcResult:  # fmt: skip
+    """MRC, read back from ``work/mrc.json`` when it was measured on the same weights, data and
+    settings, else computed (and written there)."""
+    from rws.training.state import data_fingerprint, state_sha256
+
+    path = work / MRC_FILE if work else None
+    key = {"model_sha256": state_sha256(model.state_dict()), "data": data_fingerprint(data)}
+    if path is not None and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            cached = MrcResult.from_dict(stored)
+        except (ValueError, KeyError, TypeError):
+            stored, cached = {}, None
+        same = all(stored.get(k) == v for k, v in key.items())
+        if same and cached is not None and cached.settings == settings:
+            return cached
+    res = mrc(model, data, settings=settings, device=device, progress=progress)
+    if path is not None:
+        write_atomic(path, json.dumps({**key, **res.to_dict()}, indent=2) + "\n")
+    return res
+
+
+def rift(
+    model: nn.Module,
+    data: ImageDataset | str,
+    *,
+    module: str | None = None,
+    mrc_settings: MrcSettings | None = None,
+    train_config: TrainConfig | None = None,
+    alpha_settings: AlphaSettings | None = None,
+    codec: str = "fp32",
+    work_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    name: str = "",
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+    source: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> RiftResult:
+    """Run RiFT on an adversarially trained ``model`` and return the patch with its facts.
+
+    Args:
+        model: the AT model (left unchanged; the fine-tuning runs on a copy).
+        data: the dataset (training split for MRC and fine-tuning, validation split for α) or a
+            spec such as ``"digits"``.
+        module: fine-tune this module instead of the least critical one (MRC is still measured).
+        mrc_settings, train_config, alpha_settings: the three steps' recipes (reference defaults:
+            :class:`~rws.recipes.criticality.MrcSettings`, :func:`rift_train_config`, and an α grid
+            0…1 with the clean criterion, ``max_robust_drop=0.001`` and the MRC attack's ε).
+        codec: how the delta is stored (``fp32`` keeps it exact).
+        work_dir: keep ``mrc.json`` and the fine-tuning checkpoints here; a rerun resumes.
+        device: ``auto``, ``cpu`` or ``cuda[:n]``.
+        name, description, tags: labels stored in the patch.
+        source: the AT model's checkpoint file, recorded (name and sha256) as the patch's base.
+        progress: rich progress bars on stderr.
+
+    Returns:
+        A :class:`RiftResult`; ``result.patch`` applies RiFT to the AT model's weights.
+
+    Raises:
+        UsageError: an unknown module or bad settings.
+
+    Example:
+        >>> res = rws.rift(at_model, "digits", work_dir="rift-run")  # doctest: +SKIP
+        >>> res.patch.save("rift.safetensors")  # doctest: +SKIP
+    """
+    from rws.data import load_dataset
+    from rws.methods.extract import extract
+    from rws.training.train import finetune
+
+    dataset = load_dataset(data) if isinstance(data, str) else data
+    ms = mrc_settings or MrcSettings()
+    work = Path(work_dir) if work_dir is not None else None
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    layers = dict(layers_of(model))
+    if module is not None and module not in layers:
+        raise UsageError(
+            f"--module {module!r}: not a conv/linear module; use one of {', '.join(layers)}"
+        )
+    crit = _mrc_cached(model, dataset, ms, work, device, progress)
+    chosen = module or crit.least_critical.module
+    cfg = train_config or rift_train_config()
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "trainable": list(trainable_modules(layers[chosen])),
+                                 "device": device, "keep_best": True})  # fmt: skip
+    tuned = copy.deepcopy(model)
+    ckdir = work / FINETUNE_DIR if work is not None else None
+    res = finetune(tuned, dataset, cfg, checkpoint_dir=ckdir, progress=progress)
+    patch = extract(model, tuned, method="rift", codec=codec, include=list(layers[chosen]),
+                    name=name or f"rift-{chosen}", description=description, tags=tags)  # fmt: skip
+    a_settings = alpha_settings or AlphaSettings(attack_eps=ms.attack_eps,
+                                                 attack_steps=ms.attack_steps, seed=ms.seed)  # fmt: skip
+    home = next(iter(model.parameters()), torch.empty(0)).device
+    model.to(resolve_device(device))
+    try:
+        curve = alpha_curve(model, patch, dataset.val, a_settings, progress=progress)
+    finally:
+        model.to(home)
+    patch.scale = curve.chosen.alpha
+    history = [h.to_dict() for h in res.history]
+    for h in history:
+        h.pop("seconds", None)
+    patch.provenance.update(
+        {
+            "module": chosen,
+            "mrc": {m.module: m.mrc for m in crit.modules},
+            "mrc_table": [
+                {k: v for k, v in asdict(m).items() if k != "tensors"} for m in crit.modules
+            ],
+            "mrc_settings": asdict(ms),
+            "attack": {
+                "method": "pgd",
+                "norm": "linf",
+                "eps": ms.attack_eps,
+                "steps": ms.attack_steps,
+            },
+            "alpha": curve.chosen.alpha,
+            "alpha_curve": curve.to_dict(),
+            "finetune": {"config": cfg.to_dict(), "best_epoch": res.best_epoch, "history": history},
+            "data": dataset.name,
+        }
+    )
+    if source is not None:
+        patch.provenance["base"] = describe_source(source)  # fmt: skip
+    return RiftResult(patch, crit, chosen, curve, history, tuned)
+
+
+__all__ = ["RiftResult", "rift", "rift_train_config"]

@@ -1,0 +1,1 @@
+"""The execution environment: devices, seeding and progress bars (imports only ``rws.errors``)."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: the training loop, resumable run state, BatchNorm recalibration."""

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rws.errors import CodecError, UnknownNameError, UsageError
+from rws.patching import codecs
+
+# Relative reconstruction error bounds on a Gaussian tensor (REFERENCES.md measures ≈0.0095 for
+# bitsandbytes 8-bit, ≈0.09 nf4, ≈0.12 fp4; our absmax int8 at blocksize 64 is ≈0.006).
+BOUNDS = {
+    "fp32": 0.0,
+    "fp16": 1e-3,
+    "bf16": 5e-3,
+    "int8": 0.008,
+    "bnb8": 0.01,
+    "nf4": 0.1,
+    "fp4": 0.13,
+}
+
+
+@pytest.mark.parametrize("codec", codecs.list_codecs())
+def test_roundtrip_error_is_recorded_and_bounded(codec: str) -> None:
+    x = torch.randn(300, 77, generator=torch.Generator().manual_seed(0))
+    enc = codecs.encode("w", x, codec)
+    back = codecs.decode("w", enc, tuple(x.shape))
+    err = float((back - x).norm() / x.norm())
+    assert back.dtype == torch.float32 and back.shape == x.shape
+    assert err <= BOUNDS[codec]
+    assert enc.params["rel_error"] == pytest.approx(err, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("codec", codecs.list_codecs())
+def test_decode_is_deterministic_bit_for_bit(codec: str) -> None:
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    enc = codecs.encode("w", x, codec)
+    a = codecs.decode("w", enc, (1000,))
+    b = codecs.decode(
+        "w",
+        codecs.Encoded(enc.codec, {k: v.clone() for k, v in enc.tensors.items()}, dict(enc.params)),
+        (1000,),
+    )
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("codec", ["int8", "bnb8", "nf4", "fp4"])
+@pytest.mark.parametrize("shape", [(1,), (63,), (65,), (3, 5, 7), ()])
+def test_quantized_codecs_handle_odd_sizes(codec: str, shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)) + 0.5
+    back = codecs.decode("w", codecs.encode("w", x, codec), shape)
+    assert back.shape == x.shape
+    assert float((back - x).norm() / x.norm()) < 0.2
+
+
+def test_int8_beats_per_tensor_scaling_on_outliers() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4096, generator=g)
+    x[::512] *= 50  # heavy outliers
+    err = codecs.encode("w", x, "int8", blocksize=64).params["rel_error"]
+    scale = x.abs().max() / 127
+    per_tensor = float(((torch.round(x / scale) * scale) - x).norm() / x.norm())
+    assert err < per_tensor
+
+
+def test_int8_zero_block_and_smaller_blocks_are_more_accurate() -> None:
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(4))
+    x[:64] = 0
+    e64 = codecs.encode("w", x, "int8", blocksize=64)
+    assert torch.equal(codecs.decode("w", e64, (4096,))[:64], torch.zeros(64))
+    e1024 = codecs.encode("w", x, "int8", blocksize=1024)
+    assert e64.params["rel_error"] < e1024.params["rel_error"]
+
+
+def test_bad_blocksize_and_unknown_codec() -> None:
+    with pytest.raises(UsageError, match="blocksize 48 must be a power of two"):
+        codecs.encode("w", torch.ones(4), "int8", blocksize=48)
+    with pytest.raises(UnknownNameError, match="unknown codec 'int3'; choose one of: fp32"):
+        codecs.encode("w", torch.ones(4), "int3")
+
+
+def test_corrupt_encoded_data_is_a_codec_error() -> None:
+    enc = codecs.encode("w", torch.randn(100), "int8")
+    enc.tensors["absmax"] = enc.tensors["absmax"][:1]
+    with pytest.raises(CodecError, match="tensor 'w': int8 data holds 100 values / 1 scales"):
+        codecs.decode("w", enc, (100,))
+    enc2 = codecs.encode("w", torch.randn(100), "nf4")
+    del enc2.tensors["state"]
+    with pytest.raises(CodecError, match="lacks stored tensor 'w::state'"):
+        codecs.decode("w", enc2, (100,))

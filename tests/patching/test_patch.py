@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+import rws
+from rws.errors import (
+    BaseMismatchError,
+    FormatVersionError,
+    InputFileError,
+    NonFiniteError,
+    PatchFormatError,
+)
+from rws.io.safetensors_io import save_tensors
+from rws.patching.format import META_KEY
+
+
+def _pair(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    base = {
+        "a.weight": torch.randn(8, 4, generator=g),
+        "a.bias": torch.randn(8, generator=g),
+        "b.weight": torch.randn(3, 8, generator=g),
+    }
+    tuned = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    tuned["a.bias"] = base["a.bias"].clone()  # unchanged: a zero delta, not stored
+    return base, tuned
+
+
+def test_save_load_roundtrip_keeps_everything(tmp_path: Path) -> None:
+    base, tuned = _pair()
+    p = rws.extract(
+        base, tuned, codec="int8", name="fog", description="d", tags={"corruption": "fog"}
+    )
+    assert p.skipped == ["a.bias"] and p.names() == ["a.weight", "b.weight"]
+    p.extra["future_key"] = {"x": 1}
+    p.save(tmp_path / "p.safetensors")
+    q = rws.load(tmp_path / "p.safetensors")
+    assert (
+        q.fingerprint() == p.fingerprint() and q.tags == {"corruption": "fog"} and q.name == "fog"
+    )
+    assert q.extra["future_key"] == {"x": 1}  # unknown keys are kept
+    for n in p.names():
+        assert torch.equal(q.delta(n), p.delta(n))
+        assert q.tensors[n].encoded.params["rel_error"] == p.tensors[n].encoded.params["rel_error"]
+    assert q.base == {"numel": 32 + 8 + 24, "tensors": 3, "dtypes": {"float32": 3}}
+
+
+def test_arithmetic_scales_exactly_and_composes() -> None:
+    base, tuned = _pair()
+    p = rws.extract(base, tuned, codec="int8")
+    half = p * 0.5
+    assert half.scale == 0.5 and (0.5 * p).scale == 0.5 and (-p).scale == -1.0
+    assert half.fingerprint() == p.fingerprint()  # scale is not content
+    assert torch.equal(half.delta("a.weight"), p.delta("a.weight", scaled=False) * 0.5)
+    s = p + p * 2
+    assert s.kind == "composed" and s.scale == 1.0
+    torch.testing.assert_close(s.delta("a.weight"), 3 * p.delta("a.weight"), rtol=0, atol=1e-6)
+    z = p - p
+    assert z.names() == [] and sorted(z.skipped) == ["a.weight", "b.weight"]
+    c = rws.compose([(p, 0.25), (p, 0.25)], codec="int8")
+    assert c.tensors["a.weight"].encoded.codec == "int8"
+    torch.testing.assert_close(c.delta("a.weight"), 0.5 * p.delta("a.weight"), rtol=0, atol=1e-3)
+
+
+def test_compose_refuses_patches_of_different_bases() -> None:
+    b1, t1 = _pair(0)
+    b2, t2 = _pair(1)
+    p1, p2 = rws.extract(b1, t1), rws.extract(b2, t2)
+    with pytest.raises(BaseMismatchError, match=r"tensor 'a.weight' differs from the base"):
+        p1 + p2
+    assert rws.compose([p1, p2], force=True).names() == ["a.weight", "b.weight"]
+
+
+def test_nan_delta_is_refused() -> None:
+    base, tuned = _pair()
+    tuned["a.weight"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"tensor 'a.weight': the delta contains NaN or Inf"):
+        rws.extract(base, tuned)
+
+
+def _rewrite_meta(src: Path, dst: Path, edit) -> None:
+    from safetensors import safe_open
+
+    with safe_open(src, "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(f.metadata()[META_KEY])
+    edit(meta)
+    save_tensors(dst, tensors, {META_KEY: json.dumps(meta)})
+
+
+def test_unknown_major_version_and_malformed_files(tmp_path: Path) -> None:
+    base, tuned = _pair()
+    rws.extract(base, tuned, codec="int8").save(tmp_path / "p.safetensors")
+    _rewrite_meta(
+        tmp_path / "p.safetensors", tmp_path / "v2.safetensors", lambda m: m.update(format=2)
+    )
+    with pytest.raises(
+        FormatVersionError,
+        match=r"v2\.safetensors: patch format 2 is newer than this rws understands \(1\); upgrade rws",
+    ) as e:
+        rws.load(tmp_path / "v2.safetensors")
+    assert e.value.exit_code == 3
+    _rewrite_meta(
+        tmp_path / "p.safetensors", tmp_path / "k.safetensors", lambda m: m.update(kind="magic")
+    )
+    with pytest.raises(PatchFormatError, match="unknown patch kind 'magic'"):
+        rws.load(tmp_path / "k.safetensors")
+    _rewrite_meta(
+        tmp_path / "p.safetensors",
+        tmp_path / "s.safetensors",
+        lambda m: m["tensors"]["a.weight"].pop("shape"),
+    )
+    with pytest.raises(PatchFormatError, match=r"tensor 'a.weight': manifest entry lacks 'shape'"):
+        rws.load(tmp_path / "s.safetensors")
+    save_tensors(tmp_path / "ckpt.safetensors", base)
+    with pytest.raises(PatchFormatError, match="not an rws patch"):
+        rws.load(tmp_path / "ckpt.safetensors")
+    raw = (tmp_path / "p.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(PatchFormatError, match=r"cut\.safetensors: holds \d+ bytes"):
+        rws.load(tmp_path / "cut.safetensors")
+    (tmp_path / "hdr.safetensors").write_bytes(struct.pack("<Q", 4) + b"[1] ")
+    with pytest.raises(PatchFormatError, match="header is not a JSON object"):
+        rws.load(tmp_path / "hdr.safetensors")
+    with pytest.raises(InputFileError, match="no such file"):
+        rws.load(tmp_path / "missing.safetensors")
+
+
+def test_stray_stored_tensor_is_refused(tmp_path: Path) -> None:
+    base, tuned = _pair()
+    p = rws.extract(base, tuned)
+    save_tensors(
+        tmp_path / "x.safetensors",
+        {"a.weight": p.delta("a.weight"), "zzz": torch.zeros(1)},
+        {META_KEY: json.dumps({**p.manifest(), "format": 1})},
+    )
+    with pytest.raises(PatchFormatError, match="stored tensor 'zzz' is not in the manifest"):
+        rws.load(tmp_path / "x.safetensors")

@@ -1,0 +1,235 @@
+"""Reports (JSON shape and round trip, CSV, PNG, atomic writes, table) and the ``rws eval`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+import typer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from rws.cli.app import _Group
+from rws.cli.eval import eval_command, parse_corruptions, parse_severities
+from rws.errors import UsageError
+from rws.models import create_model
+from rws.robustness.report import Report, Variant, compare
+from tests.robustness.test_evaluate import trained_models
+
+
+def masked_cnn(num_classes: int = 10) -> torch.nn.Module:
+    """small-cnn behind an input quantiser: zero input gradients (gradient masking)."""
+    model = create_model("small-cnn", num_classes=num_classes)
+    model.register_forward_pre_hook(lambda _m, args: (torch.round(args[0] * 4) / 4,))
+    return model
+
+
+def _hand_report() -> Report:
+    b = {"clean": torch.tensor([1, 1, 0, 1], dtype=torch.bool)}
+    v = {"clean": torch.tensor([1, 0, 1, 1], dtype=torch.bool)}
+    base = Variant("base", [], 0.75, {"fog": {1: 0.5, 2: 0.25}}, 0.375, 1.0, {"pgd": 0.25}, None, b)
+    vs = {
+        "clean": compare(b["clean"], v["clean"]),
+        "corruptions": {"fog": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1,
+                                "severities": {1: {"delta": 0.25, "p_value": 0.5,
+                                                   "gained": 1, "lost": 0},
+                                               2: {"delta": 0.0, "p_value": 1.0,
+                                                   "gained": 1, "lost": 1}}}},
+        "mean_corruption": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1},
+        "mce": -0.2,
+        "robust": {"pgd": {"delta": 0.25, "p_value": 1.0, "gained": 1, "lost": 0}},
+    }  # fmt: skip
+    patch = {"name": "fog", "alpha": 0.8, "scale": 1.0, "fingerprint": "ab" * 32, "source": ""}
+    fog = Variant(
+        "fog@0.8", [patch], 0.75, {"fog": {1: 0.75, 2: 0.25}}, 0.5, 0.8, {"pgd": 0.5}, vs, v
+    )
+    return Report([base, fog], {"data": "digits", "seed": 0, "inputs_sha256": "0" * 64})
+
+
+def test_json_shape_and_round_trip(tmp_path) -> None:
+    r = _hand_report()
+    d = r.to_dict()
+    assert list(d) == ["variants", "settings"]
+    assert [v["name"] for v in d["variants"]] == ["base", "fog@0.8"]
+    keys = [
+        "name",
+        "patches",
+        "clean",
+        "corruptions",
+        "mean_corruption",
+        "mce",
+        "robust",
+        "vs_base",
+    ]
+    assert all(list(v) == keys for v in d["variants"])
+    assert d["variants"][0]["corruptions"] == {"fog": {"1": 0.5, "2": 0.25}}
+    assert d["variants"][0]["vs_base"] is None
+    assert d["variants"][1]["vs_base"]["corruptions"]["fog"]["severities"]["2"]["lost"] == 1
+    assert json.loads(json.dumps(d)) == d  # to_dict is already the JSON
+    r.save_json(tmp_path / "r.json")
+    back = Report.load_json(tmp_path / "r.json")
+    assert back.to_dict() == d
+    assert back.variant("fog@0.8").corruptions == {"fog": {1: 0.75, 2: 0.25}}
+    assert back.variant("fog@0.8").vs_base["corruptions"]["fog"]["severities"][1]["gained"] == 1
+    assert back == Report.from_dict(d)  # per-example results are not part of equality
+    with pytest.raises(KeyError, match="no variant 'snow'"):
+        r.variant("snow")
+
+
+def test_csv_one_row_per_variant_and_metric(tmp_path) -> None:
+    r = _hand_report()
+    r.save_csv(tmp_path / "r.csv")
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    metrics = ["clean", "corruption/fog/1", "corruption/fog/2", "corruption/fog",
+               "mean_corruption", "mce", "robust/pgd"]  # fmt: skip
+    assert [(x["variant"], x["metric"]) for x in rows] == [
+        (v, m) for v in ("base", "fog@0.8") for m in metrics
+    ]
+    fog = {x["metric"]: x for x in rows if x["variant"] == "fog@0.8"}
+    assert float(fog["corruption/fog"]["value"]) == 0.5
+    assert float(fog["clean"]["delta"]) == 0.0 and float(fog["clean"]["p_value"]) == 1.0
+    assert float(fog["mce"]["delta"]) == -0.2 and fog["mce"]["p_value"] == ""
+    assert rows[0]["delta"] == ""  # the base has no comparison
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch) -> None:
+    r = _hand_report()
+    paths = [tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"]
+    for p in paths:
+        p.write_bytes(b"old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    for save, p in zip((r.save_json, r.save_csv, r.save_plots), paths, strict=True):
+        with pytest.raises(OSError, match="disk full"):
+            save(p)
+        assert p.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["r.csv", "r.json", "r.png"]  # no temp files left
+    monkeypatch.undo()
+    r.save_plots(paths[2])
+    import matplotlib.image
+
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(paths[2])
+    assert img.shape[0] > 300 and img.shape[1] > 500
+
+
+def test_table_shows_accuracies_changes_and_p_values() -> None:
+    console = Console(record=True, width=200, color_system=None)
+    console.print(_hand_report().table())
+    text = console.export_text()
+    assert "fog@0.8" in text and "75.0%" in text and "37.5%" in text
+    assert "+12.5 pt (p=0.5)" in text  # fog pooled over severities
+    assert "mCE" in text and "-20.0 pt" in text
+
+
+def test_option_parsers() -> None:
+    assert parse_severities("1-5") == [1, 2, 3, 4, 5]
+    assert parse_severities("1,3,5") == [1, 3, 5]
+    assert parse_severities("2-3,5,2") == [2, 3, 5]
+    for bad in ("0", "1-6", "3-1", "a", ""):
+        with pytest.raises(UsageError, match="--severities"):
+            parse_severities(bad)
+    assert parse_corruptions("all") == "all" and parse_corruptions("none") is None
+    assert parse_corruptions("fog, snow") == ["fog", "snow"]
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer(cls=_Group, pretty_exceptions_enable=False)
+    app.callback()(lambda: None)
+    app.command("eval")(eval_command)
+    return app
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    m = trained_models()
+    folder = tmp_path_factory.mktemp("eval_cli")
+    save_file(m.clean.state_dict(), folder / "clean.safetensors")
+    m.patch.save(folder / "gauss.rws.safetensors")
+    return folder
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(_app(), ["eval", *args])
+
+
+BASE_ARGS = ["--arch", "small-cnn", "--data", "digits", "--n-examples", "64", "--batch-size", "32",
+             "--device", "cpu"]  # fmt: skip
+
+
+def test_eval_writes_report_json_csv_png(files) -> None:
+    out, csv_path, png = files / "r.json", files / "r.csv", files / "r.png"
+    args = [*BASE_ARGS, "--weights", str(files / "clean.safetensors"),
+            "--patch", f"{files / 'gauss.rws.safetensors'}:0.8", "--corruptions",
+            "gaussian_noise,contrast", "--severities", "1-2", "--attack", "pgd", "--steps", "2",
+            "--out", str(out), "--csv", str(csv_path), "--plot", str(png)]  # fmt: skip
+    res = _run(args)
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert [v["name"] for v in d["variants"]] == ["base", "gauss@0.8"]
+    assert d["variants"][1]["patches"][0]["alpha"] == 0.8
+    assert set(d["variants"][0]["corruptions"]["contrast"]) == {"1", "2"}
+    assert d["variants"][0]["robust"]["pgd"] < d["variants"][0]["clean"]
+    assert d["settings"]["n_examples"] == 64 and d["settings"]["severities"] == [1, 2]
+    assert d["settings"]["eps"] == pytest.approx(8 / 255)
+    assert png.read_bytes()[:4] == b"\x89PNG" and csv_path.read_text().startswith("variant,")
+    assert "gauss@0.8" in res.stdout and "robust (pgd)" in res.stdout
+    assert f"wrote {out}" in res.stdout
+
+    # a second run measures mCE against the first run's unpatched model
+    out2 = files / "r2.json"
+    res = _run([*BASE_ARGS, "--weights", str(files / "clean.safetensors"), "--corruptions",
+                "gaussian_noise,contrast", "--severities", "1,2", "--baseline", str(out),
+                "--out", str(out2)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d2 = json.loads(out2.read_text())
+    assert d2["variants"][0]["mce"] == pytest.approx(1.0)
+    assert d2["settings"]["baseline"]["kind"] == "report"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--corruptions", "fogg"], "error: unknown corruption 'fogg'; choose one of: "),
+        (["--severities", "0"], "error: --severities '0': severities run from 1 to 5"),
+        (["--attack", "pgd", "--eps", "8/0"], "error: cannot parse eps '8/0'"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(files, extra, message) -> None:
+    out = files / "bad.json"
+    res = _run([*BASE_ARGS, "--weights", str(files / "clean.safetensors"), *extra,
+                "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert not out.exists()
+
+
+def test_strict_refuses_a_masked_model(files) -> None:
+    out = files / "masked.json"
+    args = ["--arch", "tests.robustness.test_report:masked_cnn", "--weights",
+            str(files / "clean.safetensors"), "--data", "digits", "--n-examples", "32",
+            "--corruptions", "none", "--attack", "pgd", "--steps", "2", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    res = _run([*args, "--strict"])
+    assert res.exit_code == 7, res.output
+    line = res.stderr.strip()
+    assert line.startswith("error: variant base: zero input gradients: 32 of 32 examples")
+    assert line.endswith("evaluation refused (--strict)") and "\n" not in line
+    assert not out.exists()
+    res = _run(args)  # without --strict: reported as warnings, exit 0
+    assert res.exit_code == 0, res.output
+    assert "warning: base: zero input gradients" in res.stderr
+    assert json.loads(out.read_text())["settings"]["warnings"]
