@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import rws
-from rws.analysis.signatures import similarity
+from rws.analysis import similarity
 from rws.data import load_digits
 from rws.demo import ARCH, DemoConfig, run_demo
-from rws.io.safetensors_io import save_tensors
+from rws.io.safetensors_write import save_tensors
 from rws.models import load_model
-from rws.training.train import TrainConfig, finetune
+from rws.training import TrainConfig, finetune
 
 
 def mean_acc(variant: rws.robustness.report.Variant, c: str) -> float:

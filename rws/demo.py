@@ -14,8 +14,6 @@ and training is resumable, so a second run only re-evaluates.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,18 +22,20 @@ from typing import Any
 
 from torch import nn
 
-from rws.analysis.signatures import plot_similarity, similarity
+from rws.analysis import plot_similarity, similarity
 from rws.data import ImageDataset, load_digits
 from rws.errors import UsageError
 from rws.io.figures import save_figure
-from rws.io.safetensors_io import TensorFile, save_tensors
+from rws.io.hashing import json_sha256
+from rws.io.safetensors_read import TensorFile
+from rws.io.safetensors_write import save_tensors
 from rws.methods.extract import extract
 from rws.models import create_model
 from rws.patching.patch import Patch, compose, load
 from rws.robustness.corruptions import get_corruption
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
-from rws.training.train import TrainConfig, finetune, init_model
+from rws.training import TrainConfig, finetune, init_model
 
 ARCH = "small-cnn"
 DEMO_KEY = "rws.demo"
@@ -70,7 +70,8 @@ class DemoResult:
 
 
 def _key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A checkpoint's cache key: the first 16 hex digits of the sha256 of its settings."""
+    return json_sha256(parts)[:16]
 
 
 def _cached_model(

@@ -1,5 +1,19 @@
 """Signature analysis: similarity matrices, corruption identification, signature libraries."""
 
-from rws.analysis.signatures import Matrix, SignatureLibrary, identify, plot_similarity, similarity
+from rws.analysis.identify import Identification, identify
+from rws.analysis.library import LibraryEntry, SignatureLibrary
+from rws.analysis.plots import plot_layer_deltas, plot_similarity
+from rws.analysis.similarity import Matrix, SimilarityResult, shared_tensors, similarity
 
-__all__ = ["Matrix", "SignatureLibrary", "identify", "plot_similarity", "similarity"]
+__all__ = [
+    "Identification",
+    "LibraryEntry",
+    "Matrix",
+    "SignatureLibrary",
+    "SimilarityResult",
+    "identify",
+    "plot_layer_deltas",
+    "plot_similarity",
+    "shared_tensors",
+    "similarity",
+]

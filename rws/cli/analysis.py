@@ -1,4 +1,4 @@
-"""``rws similarity`` and ``rws identify``: parse, call :mod:`rws.analysis.signatures`, render.
+"""``rws similarity`` and ``rws identify``: parse, call :mod:`rws.analysis`, render.
 
 Registered by ``rws/cli.py`` as ``app.command("similarity")(similarity_command)`` and
 ``app.command("identify")(identify_command)``; errors reach its one error boundary.
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rws.analysis.signatures import Matrix
+from rws.analysis.similarity import Matrix
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
@@ -40,7 +40,7 @@ def similarity_command(
     Example: rws similarity fog-1.rws.safetensors fog-2.rws.safetensors snow.rws.safetensors --plot sim.png
     """
     import rws
-    from rws.analysis.signatures import plot_similarity, similarity
+    from rws.analysis import plot_similarity, similarity
     from rws.cli.app import out
     from rws.io.checkpoint import check_output_path
     from rws.io.figures import save_figure
@@ -80,7 +80,7 @@ def identify_command(
     Example: rws identify new.rws.safetensors --library signatures/ --method knn
     """
     import rws
-    from rws.analysis.signatures import SignatureLibrary, identify
+    from rws.analysis import SignatureLibrary, identify
     from rws.cli.app import out
 
     lib = SignatureLibrary.from_folder(library)

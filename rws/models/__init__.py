@@ -4,7 +4,15 @@ Importing this package registers the built-in models (one module per family).
 """
 
 from rws.models import preact_resnet, resnet, small_cnn, vgg, wrn  # noqa: F401  (registers models)
-from rws.models.registry import MODELS, create_model, list_models, register_model
+from rws.models.registry import MODELS, create_model, get_model, list_models, register_model
 from rws.models.resolve import load_model, resolve_model
 
-__all__ = ["MODELS", "create_model", "list_models", "load_model", "register_model", "resolve_model"]
+__all__ = [
+    "MODELS",
+    "create_model",
+    "get_model",
+    "list_models",
+    "load_model",
+    "register_model",
+    "resolve_model",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from rws.models.layers import CIFAR_MEAN, CIFAR_STD, Normalize
@@ -34,7 +35,8 @@ class SmallCNN(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
 
-    def forward(self, x):  # (B, 3, 32, 32) in [0, 1] -> (B, num_classes) logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, 3, 32, 32) in [0, 1] -> (B, num_classes) logits
         x = self.normalize(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.relu(self.bn2(self.conv2(x))))
@@ -44,4 +46,5 @@ class SmallCNN(nn.Module):
 
 @register_model("small-cnn", summary="3-conv BN CNN for 32×32 inputs (tests, demo)")
 def small_cnn(num_classes: int = 10, width: int = 16) -> nn.Module:
+    """The small CNN with ``width`` channels in its first conv (doubling twice)."""
     return SmallCNN(num_classes=num_classes, width=width)

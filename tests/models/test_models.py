@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import sys
 import textwrap
 import types
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+import rws.models.registry
 from rws.errors import UnknownNameError, UsageError
-from rws.models import create_model, list_models, resolve_model
+from rws.models import MODELS, create_model, get_model, list_models, resolve_model
 from rws.models.layers import CIFAR_MEAN, CIFAR_STD, Normalize
 from rws.models.resnet import PadShortcut, cifar_resnet
 from rws.models.wrn import WideResNet
@@ -72,6 +74,36 @@ def test_vgg_conv_parameter_count(name: str) -> None:
 
 def test_every_published_entry_is_registered() -> None:
     assert set(PUBLISHED_PARAMS) | set(PUBLISHED_CONV_PARAMS) <= set(list_models())
+
+
+def test_get_model_returns_the_registered_constructor() -> None:
+    from rws.models.small_cnn import small_cnn
+
+    assert get_model("small-cnn") is small_cnn is MODELS.entry("small-cnn").obj
+    assert all(callable(get_model(n)) for n in list_models())
+    with pytest.raises(UnknownNameError, match="unknown model 'nope'; choose one of: ") as e:
+        get_model("nope")
+    assert e.value.choices == list_models()
+
+
+def test_list_models_filters_by_glob_in_registration_order() -> None:
+    assert list_models("resnet*") == [
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "resnet34",
+        "resnet50",
+    ]  # fmt: skip
+    assert list_models("wrn-*-10") == ["wrn-28-10", "wrn-34-10"]
+    assert list_models("nothing*") == []
+    assert list_models() == list_models("*")
+
+
+def test_registering_a_name_twice_raises() -> None:
+    with pytest.raises(ValueError, match="model 'small-cnn' is already registered"):
+        MODELS.add("small-cnn", lambda num_classes=10: nn.Identity())
+
+
+def test_registry_docstring_examples_run() -> None:
+    result = doctest.testmod(rws.models.registry)
+    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_resnet18_names_follow_rift() -> None:
