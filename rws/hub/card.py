@@ -16,6 +16,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rws.errors import HubReferenceError
+from rws.io.hub_ref import is_hub_ref, repo_ref
+
 if TYPE_CHECKING:
     from rws.patching.patch import Patch
     from rws.robustness.report import Report, Variant
@@ -69,9 +72,6 @@ def card_metadata(
 def base_model(patch: Patch) -> str | None:
     """The Hub repo of the base a patch was made against: a ``base_model`` tag, else an ``hf://``
     base checkpoint in its provenance; None when unknown."""
-    from rws.errors import HubReferenceError
-    from rws.io.hub_ref import is_hub_ref, repo_ref
-
     base = patch.provenance.get("base")
     path = base.get("path") if isinstance(base, dict) else None
     for c in (patch.tags.get("base_model"), path if is_hub_ref(path) else None):
@@ -230,8 +230,6 @@ def _base_section(files: Sequence[tuple[str, Patch]]) -> list[str]:
 
 
 def _use_section(files: Sequence[tuple[str, Patch]], repo_id: str) -> list[str]:
-    from rws.io.hub_ref import is_hub_ref
-
     name, p = files[0]
     ref = f"hf://{repo_id}/{name}"
     base = p.provenance.get("base")

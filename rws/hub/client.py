@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rws.errors import (
     HubAuthError,
@@ -38,20 +37,20 @@ from rws.errors import (
     OutputPathError,
     UsageError,
 )
+from rws.hub.card import model_card, report_matches
+from rws.io.atomic import atomic_output
 from rws.io.hub_fetch import (
     DEFAULT_REVISION,
-    _client_info,
-    _fetch_file,
-    _fetch_snapshot,
-    _translated,
+    client_info,
+    fetch_file,
+    fetch_snapshot,
     hub_endpoint,
     is_offline,
+    translate_errors,
 )
 from rws.io.hub_ref import repo_ref
-
-if TYPE_CHECKING:
-    from rws.patching.patch import Patch
-    from rws.robustness.report import Report
+from rws.patching.patch import Patch
+from rws.robustness.report import Report
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def pull(
     Raises:
         HubReferenceError: a malformed reference, or two different revisions.
         OutputPathError: ``output_dir`` is a file.
-        HubError: see :func:`download`.
+        HubError: see :func:`rws.io.hub_fetch.download`.
 
     Example:
         >>> rws.pull("org/resnet20-fog/fog.rws.safetensors", output_dir="patches")  # doctest: +SKIP
@@ -102,9 +101,9 @@ def pull(
         parsed = replace(parsed, revision=revision)
     url = hub_endpoint(endpoint)
     if parsed.filename is not None:
-        files = [(parsed.filename, _fetch_file(parsed, url))]
+        files = [(parsed.filename, fetch_file(parsed, url))]
     else:
-        folder = _fetch_snapshot(parsed, url, allow=None)
+        folder = fetch_snapshot(parsed, url, allow=None)
         found = sorted(p for p in folder.rglob("*") if p.is_file())
         files = [(p.relative_to(folder).as_posix(), p) for p in found]
     if output_dir is None:
@@ -112,8 +111,6 @@ def pull(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise OutputPathError(out, "is a file; give a folder")
-    from rws.io.atomic import atomic_output
-
     copies = []
     for rel, src in files:
         dest = out / rel
@@ -164,8 +161,6 @@ def push(
     Example:
         >>> rws.push(["fog.rws.safetensors"], "org/resnet20-fog", report="eval.json")  # doctest: +SKIP
     """
-    from rws.hub.card import model_card, report_matches
-
     ref = repo_ref(repo_id)
     if ref.filename is not None or ref.revision is not None:
         raise HubReferenceError(repo_id, "expected ORG/NAME (use revision= for the branch)")
@@ -189,7 +184,7 @@ def push(
             "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN "
             "(pushing needs write access)",
         )
-    api = HfApi(endpoint=url, **_client_info())
+    api = HfApi(endpoint=url, **client_info())
     names = [name for name, _ in pairs] + ["README.md"]
     with tempfile.TemporaryDirectory(prefix="rws-push-") as tmp:
         ops = []
@@ -200,7 +195,7 @@ def push(
             ops.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=path))
         ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
         logger.info("pushing %s to %s@%s on %s", ", ".join(names), ref.repo_id, branch, url)
-        with _translated(ref, url, offline=False):
+        with translate_errors(ref, url, offline=False):
             api.create_repo(ref.repo_id, private=private or None, exist_ok=True)
             if branch != DEFAULT_REVISION:
                 api.create_branch(ref.repo_id, branch=branch, exist_ok=True)
@@ -215,8 +210,6 @@ def _named_patches(
     patches: Sequence[str | os.PathLike[str] | Patch],
 ) -> list[tuple[str, Patch, str | None]]:
     """``(name in the repo, patch, file to upload or None to save the object)`` per patch."""
-    from rws.patching.patch import Patch
-
     if not patches:
         raise UsageError("push needs at least one patch")
     items: list[tuple[str, Patch, str | None]] = []
@@ -232,6 +225,4 @@ def _named_patches(
 def _load_report(report: Report | str | os.PathLike[str] | None) -> Report | None:
     if report is None or not isinstance(report, str | os.PathLike):
         return report
-    from rws.robustness.report import Report
-
     return Report.load_json(report)

@@ -102,8 +102,8 @@ def download(ref: HubRef, *, endpoint: str | None = None) -> Path:
     """
     url = hub_endpoint(endpoint)
     if ref.filename is not None:
-        return _fetch_file(ref, url)
-    folder = _fetch_snapshot(ref, url, allow=["*.safetensors", "*.json"])
+        return fetch_file(ref, url)
+    folder = fetch_snapshot(ref, url, allow=["*.safetensors", "*.json"])
     if (folder / "model.safetensors.index.json").is_file() or (
         folder / "model.safetensors"
     ).is_file():
@@ -122,32 +122,43 @@ def download(ref: HubRef, *, endpoint: str | None = None) -> Path:
     )
 
 
-def _client_info() -> dict[str, str]:
+def client_info() -> dict[str, str]:
+    """The ``library_name``/``library_version`` keywords every huggingface_hub call gets."""
     return {"library_name": "rws", "library_version": __version__}
 
 
-def _fetch_file(ref: HubRef, url: str) -> Path:
+def fetch_file(ref: HubRef, url: str) -> Path:
+    """Download one file reference from the Hub at ``url`` (or find it in the cache).
+
+    Raises:
+        HubError: a one-line subclass, see :func:`translate_errors`.
+    """
     from huggingface_hub import hf_hub_download
 
     offline = is_offline()
     logger.info("fetching %s from %s%s", ref.uri, url, " (offline: cache only)" if offline else "")
-    with _translated(ref, url, offline=offline):
+    with translate_errors(ref, url, offline=offline):
         path = hf_hub_download(
             ref.repo_id, ref.filename or "", revision=ref.revision, endpoint=url,
-            local_files_only=offline, **_client_info(),
+            local_files_only=offline, **client_info(),
         )  # fmt: skip
     return Path(path)
 
 
-def _fetch_snapshot(ref: HubRef, url: str, *, allow: list[str] | None) -> Path:
+def fetch_snapshot(ref: HubRef, url: str, *, allow: list[str] | None) -> Path:
+    """Download a repo's files matching ``allow`` (all when ``None``); returns the snapshot folder.
+
+    Raises:
+        HubError: a one-line subclass, see :func:`translate_errors`.
+    """
     from huggingface_hub import snapshot_download
 
     offline = is_offline()
     logger.info("fetching %s from %s%s", ref.uri, url, " (offline: cache only)" if offline else "")
-    with _translated(ref, url, offline=offline):
+    with translate_errors(ref, url, offline=offline):
         path = snapshot_download(
             ref.repo_id, revision=ref.revision, endpoint=url, allow_patterns=allow,
-            local_files_only=offline, **_client_info(),
+            local_files_only=offline, **client_info(),
         )  # fmt: skip
     return Path(path)
 
@@ -178,8 +189,14 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 @contextlib.contextmanager
-def _translated(ref: HubRef, url: str, *, offline: bool) -> Iterator[None]:
-    """Turn the client's exceptions into one-line ``HubError`` subclasses (exit code 6)."""
+def translate_errors(ref: HubRef, url: str, *, offline: bool) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions in a block into one-line ``HubError`` subclasses
+    (exit code 6) naming ``ref``; ``offline`` says a cache miss is due to offline mode.
+
+    Raises:
+        HubOfflineError, HubAuthError, HubRevisionNotFoundError, HubRepoNotFoundError,
+        HubFileNotFoundError, HubConnectionError, HubError: what the client's error meant.
+    """
     from huggingface_hub import errors as hf
 
     rev = ref.revision or DEFAULT_REVISION
@@ -235,7 +252,7 @@ def _missing(ref: HubRef, url: str) -> HubError:
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf
 
-    api = HfApi(endpoint=url, **_client_info())
+    api = HfApi(endpoint=url, **client_info())
     rev = ref.revision or DEFAULT_REVISION
 
     def visible(revision: str) -> Any:

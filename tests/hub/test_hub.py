@@ -26,7 +26,8 @@ from rws.errors import (
     UsageError,
 )
 from rws.hub.card import model_card
-from rws.io.checkpoint import describe_source, file_sha256, open_checkpoint
+from rws.io.checkpoint import describe_source, open_checkpoint
+from rws.io.hashing import file_sha256
 from rws.io.hub_fetch import hub_endpoint, is_offline, resolve_path
 from rws.io.hub_ref import HubRef, hub_reference, parse_ref
 from rws.robustness.report import Report
@@ -224,7 +225,7 @@ def test_card_without_report_and_with_a_known_base(report: Report) -> None:
     card = model_card([("fog.rws.safetensors", fog)], "acme/fog")
     assert "model-index" not in _front_matter(card)
     assert "No evaluation was published" in card
-    fog.tags["base_model"] = "acme/small-cnn"
+    fog = fog.replace(tags={**fog.tags, "base_model": "acme/small-cnn"})
     meta = _front_matter(model_card([("fog.rws.safetensors", fog)], "acme/fog"))
     assert meta["base_model"] == "acme/small-cnn" and meta["base_model_relation"] == "adapter"
     # a report from local files names no local folder in the card
@@ -380,7 +381,7 @@ def test_hf_checkpoints_and_their_provenance(
     base = patch.provenance["base"]
     assert re.fullmatch(r"hf://acme/base-file/clean\.safetensors@[0-9a-f]{40}", base["path"])
     assert base["sha256"] == file_sha256(files / "clean.safetensors")
-    patch.tags["corruption"] = "fog"  # a Patch object is pushed as it is now
+    patch = patch.replace(tags={**patch.tags, "corruption": "fog"})  # pushed as it is now
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     name = f"{patch.fingerprint()[:12]}.rws.safetensors"
     assert rws.push([patch], "acme/d").files == (name, "README.md")
