@@ -1,4 +1,4 @@
-"""Reading checkpoints one tensor at a time, whatever their container, and fingerprinting tensors.
+"""Reading checkpoints one tensor at a time, whatever their container.
 
 Sources: ``.safetensors`` files (positioned reads, see ``TensorFile``), Hugging Face sharded folders
 (``model.safetensors.index.json``), pickled ``.pt/.pth/.bin`` files
@@ -7,7 +7,6 @@ Sources: ``.safetensors`` files (positioned reads, see ``TensorFile``), Hugging 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,9 +20,10 @@ import torch
 from torch import nn
 
 from rws.errors import CheckpointError, InputFileError, OutputPathError, UnsafeInputError
+from rws.io.hashing import file_sha256
 from rws.io.hub_fetch import resolve_path
 from rws.io.hub_ref import hub_reference
-from rws.io.safetensors_io import TensorFile, tensor_bytes
+from rws.io.safetensors_read import TensorFile
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +33,6 @@ Source = Union[PathLike, nn.Module, Mapping[str, torch.Tensor], "Checkpoint"]
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFE_TORCH = (2, 10)
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a tensor's raw little-endian bytes (the fingerprint stored in patches)."""
-    return hashlib.sha256(tensor_bytes(t)).hexdigest()
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_integer_dtype(dtype: torch.dtype) -> bool:

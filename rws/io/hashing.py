@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from rws.io.safetensors_io import tensor_bytes
+from rws.io.safetensors_layout import tensor_bytes
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

@@ -1,9 +1,10 @@
 """Element-wise patch arithmetic: ``add(w, d) = cast_w(compute(w) + d)`` and its inverse.
 
-``compute`` is float32 (float64 for a float64 tensor). The inverse ``cast_w(compute(w') − d)`` is
-the best any function of ``(w', d)`` can do: where ``|w + d|`` lands in a coarser binade than ``|w|``,
-rounding drops low bits of ``w`` that no formula can bring back, so a round trip is bit-exact for
-most elements and within one rounding for the rest (``tests/test_arith.py`` measures both).
+``compute`` is float32 (float64 for a float64 tensor). The inverse is plain subtraction,
+``cast_w(compute(w') − d)``. Where ``|w + d|`` lands in a coarser binade than ``|w|``, rounding
+drops low bits of ``w`` that no function of ``(w', d)`` can bring back, so a round trip is
+bit-exact for most elements and within one rounding for the rest
+(``tests/patching/test_arith.py`` measures both).
 """
 
 from __future__ import annotations

@@ -11,10 +11,14 @@ encoding.
   small values better: on real fine-tuning deltas (heavy-tailed within blocks) it beats ``int8``
   about 2-3× in error; on Gaussian data ``int8`` wins (``benchmarks/bench_size.py``).
 - ``nf4`` / ``fp4``: bitsandbytes 4-bit blockwise; the ``QuantState`` is stored packed as tensors.
+
+Every codec says whether it is ``blockwise`` (stores one scale per ``blocksize`` elements, so the
+block size matters: int8, bnb8, nf4, fp4) and is looked up with :func:`get_codec`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,19 +28,33 @@ import torch
 import torch.nn.functional as F
 
 from rws.errors import CodecError, UsageError
+from rws.patching._readonly import ReadOnlyDict
 from rws.registry import Registry
 
 SEP = "::"
 DEFAULT_BLOCKSIZE = 64
 
 
-@dataclass
+@dataclass(frozen=True)
 class Encoded:
-    """One tensor's encoded form: stored tensors by suffix (``""``: stored under the name)."""
+    """One tensor's encoded form, immutable.
+
+    Attributes:
+        codec: the codec's name.
+        tensors: stored tensors by suffix (``""``: stored under the name); a plain dict is kept as
+            a read-only copy, a lazy mapping (a file's parts) as it is.
+        params: codec parameters (``blocksize``, ``rel_error`` …), a read-only copy.
+    """
 
     codec: str
     tensors: Mapping[str, torch.Tensor]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tensors, dict) and not isinstance(self.tensors, ReadOnlyDict):
+            object.__setattr__(self, "tensors", ReadOnlyDict(self.tensors))
+        if not isinstance(self.params, ReadOnlyDict):
+            object.__setattr__(self, "params", ReadOnlyDict(self.params))
 
     def nbytes(self) -> int:
         """Bytes the stored tensors take (from the file header when the parts are lazy)."""
@@ -48,9 +66,12 @@ class Encoded:
 
 class Codec(Protocol):
     """Encode a float32 delta into stored tensors; decode them back to a new float32 tensor that
-    the caller owns (patch arithmetic works in place on it)."""
+    the caller owns (patch arithmetic works in place on it). ``blockwise``: one scale per
+    ``blocksize`` elements, so the block size is a parameter of the encoding."""
 
+    name: str
     suffixes: tuple[str, ...]
+    blockwise: bool
 
     def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded: ...
 
@@ -78,6 +99,7 @@ class FloatCodec:
     """Store the delta cast to a float dtype."""
 
     suffixes = ("",)
+    blockwise = False
 
     def __init__(self, name: str, dtype: torch.dtype) -> None:
         self.name, self.dtype = name, dtype
@@ -104,6 +126,7 @@ class Int8AbsmaxCodec:
 
     suffixes = ("q", "absmax")
     name = "int8"
+    blockwise = True
 
     def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
         flat = x.reshape(-1).to(torch.float32)
@@ -164,6 +187,8 @@ class Int8AbsmaxCodec:
 class BnbFourBitCodec:
     """bitsandbytes 4-bit blockwise (``nf4`` or ``fp4``), state stored as packed tensors."""
 
+    blockwise = True
+
     def __init__(self, quant_type: str) -> None:
         self.name = self.quant_type = quant_type
         self._state_key = f"quant_state.bitsandbytes__{quant_type}"
@@ -208,6 +233,7 @@ class BnbEightBitCodec:
 
     suffixes = ("q", "absmax", "code")
     name = "bnb8"
+    blockwise = True
 
     def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
         bnbf = _bitsandbytes()
@@ -264,9 +290,27 @@ CODECS.add("nf4", BnbFourBitCodec("nf4"), summary="4-bit NormalFloat, blockwise 
 CODECS.add("fp4", BnbFourBitCodec("fp4"), summary="4-bit float, blockwise (bitsandbytes)")
 
 
-def list_codecs() -> list[str]:
-    """Names of the registered codecs."""
-    return CODECS.names()
+def get_codec(name: str) -> Codec:
+    """The codec registered under ``name``.
+
+    Raises:
+        UnknownNameError: no such codec (the message lists the choices).
+
+    Example:
+        >>> get_codec("int8").blockwise, get_codec("fp16").blockwise
+        (True, False)
+    """
+    return CODECS.get(name)
+
+
+def list_codecs(pattern: str = "*") -> list[str]:
+    """Names of the registered codecs matching a glob, in registration order.
+
+    Example:
+        >>> list_codecs("fp*")
+        ['fp32', 'fp16', 'fp4']
+    """
+    return CODECS.names(pattern)
 
 
 def encode(
@@ -281,25 +325,24 @@ def encode(
     """
     if blocksize < 16 or blocksize & (blocksize - 1):
         raise UsageError(f"blocksize {blocksize} must be a power of two >= 16")
-    impl = CODECS.get(codec)
+    impl = get_codec(codec)
     x32 = x.detach().to("cpu", torch.float32)
     enc = impl.encode(name, x32, blocksize)
+    rel_error = 0.0
     if codec != "fp32":
         back = impl.decode(name, enc, tuple(x32.shape))
         norm = float(x32.norm())
-        enc.params["rel_error"] = float((back - x32).norm()) / norm if norm > 0 else 0.0
-    else:
-        enc.params["rel_error"] = 0.0
-    return enc
+        rel_error = float((back - x32).norm()) / norm if norm > 0 else 0.0
+    return dataclasses.replace(enc, params={**enc.params, "rel_error": rel_error})
 
 
 def decode(name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode one stored tensor back to a float32 delta of ``shape``."""
-    return CODECS.get(enc.codec).decode(name, enc, tuple(shape))
+    return get_codec(enc.codec).decode(name, enc, tuple(shape))
 
 
 def range_decoder(name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder | None:
     """A run-wise decoder of one stored tensor (its parts read now), or ``None`` when its codec
     decodes only whole tensors."""
-    ranges = getattr(CODECS.get(enc.codec), "ranges", None)
+    ranges = getattr(get_codec(enc.codec), "ranges", None)
     return ranges(name, enc, tuple(shape)) if ranges is not None else None

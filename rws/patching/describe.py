@@ -7,7 +7,7 @@ from typing import Any
 
 from rws.errors import RwsError
 from rws.io.checkpoint import open_checkpoint
-from rws.io.safetensors_io import read_header
+from rws.io.safetensors_read import read_header
 from rws.patching.format import META_KEY, read_applied
 from rws.patching.patch import Patch
 from rws.patching.selection import depth_order

@@ -1,68 +1,26 @@
 """Apply and remove patches on checkpoint files, streamed.
 
-Three threads overlap, plus the caller's. A reader fetches the input with positioned reads: a
-patched tensor arrives in runs of ``RUN`` elements, each read into one of a few reused buffers and
-hashed at once (the sha256 base fingerprint is taken of the very bytes read, while they are in
-cache). A patcher, on one core, patches each run in place (:func:`rws.patching.arith.patch_run`: decode,
-scale, add and cast per run, so no whole-tensor float32 intermediate exists), and
-:class:`~rws.io.safetensors_io.StreamWriter` writes it from its own thread into a temp file renamed
-into place on success. Tensors no patch touches are copied by the kernel (``copy_file_range``).
-Meanwhile the caller's thread hashes the patches for the applied stack. What has no run-wise path
-(bitsandbytes codecs, float64 or running-variance tensors, ``.pt`` inputs, removal) goes through
-whole tensors, at most two read ahead. Peak memory is a few runs plus a few tensors, not the
-model. The output's metadata keeps the input's and records the stack of applied patches under
-``rws.applied``.
+The input is read, patched and written tensor by tensor, in cache-sized runs where the codec
+allows (the pipeline is :mod:`rws.patching._stream`): peak memory is a few runs plus a few
+tensors, not the model, and the output is renamed into place only when everything succeeded. The
+base fingerprints are checked on the very bytes read. The output's metadata keeps the input's and
+records the stack of applied patches under ``rws.applied``, newest last, so that
+:func:`remove_file` can verify what it takes off.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import hashlib
-import logging
-import math
 import os
-import queue
-import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from rws.errors import MissingTensorError, NonFiniteError, NotAppliedError
-from rws.io.checkpoint import (
-    Checkpoint,
-    SafetensorsCheckpoint,
-    Source,
-    check_output_path,
-    open_checkpoint,
-    tensor_sha256,
-)
-from rws.io.safetensors_io import StreamWriter, TensorFile
-from rws.patching.arith import DecodeInto, all_finite, patch_run
-from rws.patching.codecs import range_decoder
-from rws.patching.format import applied_metadata, read_applied
-from rws.patching.ops import (
-    PatchReport,
-    check_base,
-    check_target,
-    group_by_tensor,
-    patch_tensor,
-    total_delta,
-)
+from rws.errors import NotAppliedError
+from rws.io.checkpoint import Source, check_output_path, open_checkpoint
+from rws.patching._stream import stream
+from rws.patching.format import read_applied
+from rws.patching.ops import PatchReport
 from rws.patching.patch import Patch, as_items
-
-logger = logging.getLogger(__name__)
-
-RUN = 1 << 18  # elements patched at once: the 1 MiB float32 scratch stays in L2
-SLOTS = 16  # run buffers in flight between the reader, the caller and the writer
-AHEAD = 2  # whole tensors read ahead
-RUN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-Parts = list[tuple[Patch, float]]
 
 
 @dataclass
@@ -72,295 +30,6 @@ class FileResult:
     output: str
     report: PatchReport
     stack: list[dict[str, Any]]
-
-
-class _Reader:
-    """Reads the input ahead in a thread and yields, in storage order, one of:
-    ``("copy", name, file)``: an untouched tensor, for the writer to copy from ``file``;
-    ``("whole", name, tensor, sha256)``: a tensor read whole (``sha256`` None: not needed);
-    ``("begin", name, decoders)``, then ``("run", start, slot, n)`` per run of ``n`` elements read
-    into ``slot`` (release it with :meth:`release` once written), then ``("end", sha256)``;
-    ``("error", exc)``: reading failed.
-    """
-
-    def __init__(
-        self,
-        ck: Checkpoint,
-        files: dict[str, TensorFile],
-        plan: dict[str, Parts],
-        *,
-        hashing: bool,
-        runs: bool,
-    ) -> None:
-        self._ck, self._files, self._plan = ck, files, plan
-        self._hashing, self._runs = hashing, runs
-        self._items: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._free: queue.Queue[torch.Tensor] = queue.Queue()
-        self._ahead = threading.Semaphore(AHEAD)
-        self._stop = threading.Event()
-        self._slots = 0
-        self._thread = threading.Thread(target=self._run, name="rws-reader", daemon=True)
-
-    def __enter__(self) -> _Reader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self._thread.join()
-
-    def stop(self) -> None:
-        """Stop reading: the iteration then ends after the items already queued."""
-        self._stop.set()
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        while True:
-            item = self._items.get()
-            if item[0] == "done":
-                return
-            yield item
-            if item[0] == "whole":
-                self._ahead.release()
-
-    def release(self, slot: torch.Tensor) -> None:
-        """Hand a run buffer back for reuse (any thread)."""
-        self._free.put(slot)
-
-    def _wait(self, acquire: Any) -> Any:
-        """Block on ``acquire(timeout=…)`` until it succeeds or the reader is stopped."""
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Empty):
-                got = acquire(timeout=0.05)
-                if got is not False:
-                    return got
-        raise _Stopped
-
-    def _slot(self) -> torch.Tensor:
-        if self._stop.is_set():
-            raise _Stopped
-        if self._free.empty() and self._slots < SLOTS:
-            self._slots += 1
-            return torch.empty(RUN * 4, dtype=torch.uint8)
-        return self._wait(self._free.get)
-
-    def _run(self) -> None:
-        try:
-            for file in {id(f): f for f in self._files.values()}.values():
-                if hasattr(os, "posix_fadvise"):  # a longer read-ahead when not cached
-                    os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            for name in self._ck:
-                self._tensor(name)
-        except _Stopped:
-            pass
-        except BaseException as err:  # raised again in the caller's thread
-            self._items.put(("error", err))
-        self._items.put(("done",))
-
-    def _tensor(self, name: str) -> None:
-        file, parts = self._files.get(name), self._plan.get(name)
-        if parts is None and file is not None:
-            self._items.put(("copy", name, file))
-            return
-        hashing = self._hashing and parts is not None
-        hashing = hashing and any(p.tensors[name].base_sha256 for p, _ in parts or ())
-        decoders = self._decoders(name, parts) if parts and file and self._runs else None
-        if decoders is None or file is None:
-            self._wait(self._ahead.acquire)
-            t = file.get(name) if file is not None else self._ck.get(name)
-            self._items.put(("whole", name, t, tensor_sha256(t) if hashing else None))
-            return
-        dtype, numel = file.dtype(name), math.prod(file.shape(name))
-        size = dtype.itemsize
-        step = RUN - RUN % math.lcm(*(align for _, _, align in decoders))
-        sha = hashlib.sha256() if hashing else None
-        self._items.put(("begin", name, [(f, a) for f, a, _ in decoders]))
-        for start in range(0, numel, step):
-            n = min(step, numel - start)
-            slot = self._slot()
-            view = memoryview(slot.numpy())[: n * size]
-            file.read_into(name, start * size, view)
-            if sha is not None:
-                sha.update(view)  # while the bytes are in cache (hashlib drops the GIL)
-            self._items.put(("run", start, slot, n))
-        self._items.put(("end", sha.hexdigest() if sha is not None else None))
-
-    def _decoders(self, name: str, parts: Parts) -> list[tuple[DecodeInto, float, int]] | None:
-        """Run-wise decoders of every part (reading the patch data), or None: whole tensor."""
-        if self._ck.dtype(name) not in RUN_DTYPES or name.endswith("running_var"):
-            return None
-        out = []
-        for p, alpha in parts:
-            td = p.tensors[name]
-            dec = range_decoder(name, td.encoded, td.shape)
-            if dec is None or dec.align > RUN:
-                return None
-            out.append((dec.decode_into, alpha, dec.align))
-        return out if math.lcm(*(align for _, _, align in out)) <= RUN else None
-
-
-class _Stopped(Exception):
-    """The reader was told to stop."""
-
-
-def _tensor_files(ck: Checkpoint) -> dict[str, TensorFile]:
-    """Each tensor's safetensors file, opened for positioned reads (empty for other sources)."""
-    if not isinstance(ck, SafetensorsCheckpoint):
-        return {}
-    files = {}
-    for path in ck.files():
-        tf = TensorFile(path)
-        files.update({name: tf for name in tf})
-    return files
-
-
-class _Patcher:
-    """Consumes the reader's items: patches each tensor or run and hands it to the writer."""
-
-    def __init__(
-        self,
-        where: str,
-        plan: dict[str, Parts],
-        spec: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-        *,
-        force: bool,
-        clamp_var: bool,
-        inverse: bool,
-    ) -> None:
-        self.where, self.plan, self.spec = where, plan, spec
-        self.force, self.clamp_var, self.inverse = force, clamp_var, inverse
-        self.report = PatchReport()
-        self._name = ""
-        self._decoders: list[tuple[DecodeInto, float]] = []
-
-    def run(self, reader: _Reader, writer: StreamWriter) -> None:
-        """Patch everything the reader yields, on one core (see :func:`_one_core`)."""
-        _one_core()
-        self._acc = torch.empty(RUN)  # float32 scratch, reused by every run
-        self._tmp = torch.empty(RUN) if any(len(p) > 1 for p in self.plan.values()) else None
-        self._reader, self._writer = reader, writer
-        for kind, *args in reader:
-            getattr(self, f"_{kind}")(*args)
-
-    def _run(self, start: int, slot: torch.Tensor, n: int) -> None:
-        dtype = self.spec[self._name][0]
-        w = slot[: n * dtype.itemsize].view(dtype)
-        if not patch_run(w, start, self._decoders, self._acc, self._tmp):
-            _non_finite(self._name, self.plan[self._name], dtype)
-        self._writer.put(memoryview(slot.numpy())[: w.nbytes], lambda: self._reader.release(slot))
-
-    def _begin(self, name: str, decoders: list[tuple[DecodeInto, float]]) -> None:
-        self._name, self._decoders = name, decoders
-        self._writer.begin(name)
-
-    def _end(self, sha256: str | None) -> None:
-        if sha256 is not None:
-            parts = self.plan[self._name]
-            check_base(self.where, self._name, sha256, parts, self.report, self.force)
-        self.report.touched += 1
-
-    def _copy(self, name: str, file: TensorFile) -> None:
-        self._writer.begin(name)
-        offset, size = file.span(name)
-        if size:
-            self._writer.copy_from(file.fileno(), offset, size, file.path)
-
-    def _whole(self, name: str, t: torch.Tensor, sha256: str | None) -> None:
-        if name in self.plan:
-            t = patch_tensor(
-                self.where,
-                name,
-                t,
-                self.plan[name],
-                self.report,
-                force=self.force,
-                clamp_var=self.clamp_var,
-                inverse=self.inverse,
-                fingerprint=lambda: sha256 or "",  # "": nothing to check
-            )
-        self._writer.write(name, t)
-
-    def _error(self, err: BaseException) -> None:
-        raise err
-
-
-def _one_core() -> None:
-    """Run this thread's torch operations on one core, leaving the other to the reader and the
-    writer: on a busy machine a parallel operation stalls whenever one of its threads is
-    descheduled. OpenMP keeps the thread count per thread, so this does not touch the process-wide
-    ``torch.get_num_threads()``. Best effort: a no-op without a findable OpenMP runtime."""
-    torch.ones(1).add_(1)  # torch initialises the count per thread on first use: do that first
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if _OPENMP.search(line)}
-    except OSError:
-        return
-    for lib in libs:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(lib).omp_set_num_threads(1)
-
-
-_OPENMP = re.compile(r"/lib(gomp|iomp5|omp)[^/]*\.so[^/]*$")
-
-
-def _stream(
-    source: Source,
-    items: Sequence[tuple[Patch, float]],
-    output: str,
-    stack: list[dict[str, Any]],
-    *,
-    force: bool,
-    clamp_var: bool,
-    inverse: bool,
-    final_stack: Callable[[], list[dict[str, Any]]] | None = None,
-) -> tuple[PatchReport, list[dict[str, Any]]]:
-    """Stream ``source`` through the patches into ``output``, recording ``stack``; or, with
-    ``final_stack``, the stack it returns, computed while the tensors stream (its JSON must be no
-    longer than that of ``stack``, which holds its place in the header meanwhile)."""
-    ck = open_checkpoint(source)
-    where = ck.path
-    plan = group_by_tensor(items)
-    for name, parts in plan.items():  # every cheap check before the first byte is written
-        if name not in ck:
-            raise MissingTensorError(name, where, "the patch was made for another model")
-        check_target(where, name, parts, ck.shape(name), ck.dtype(name))
-    spec = {n: (ck.dtype(n), ck.shape(n)) for n in ck}
-    base_meta = {"format": "pt", **ck.metadata}
-    meta = applied_metadata(base_meta, stack)
-    patcher = _Patcher(where, plan, spec, force=force, clamp_var=clamp_var, inverse=inverse)
-    files = _tensor_files(ck)
-    try:
-        with (
-            _Reader(ck, files, plan, hashing=not inverse, runs=not inverse) as reader,
-            StreamWriter(output, spec, meta) as writer,
-            ThreadPoolExecutor(1, thread_name_prefix="rws-patch") as pool,
-        ):
-            done = pool.submit(patcher.run, reader, writer)
-            try:
-                if final_stack is not None:
-                    stack = final_stack()
-                    writer.set_metadata(applied_metadata(base_meta, stack))
-                done.result()
-            except BaseException:
-                reader.stop()  # the patcher runs out of items and returns
-                raise
-    finally:
-        for file in {id(f): f for f in files.values()}.values():
-            file.close()
-        ck.close()
-    report = patcher.report
-    for name in report.mismatched:
-        msg = f"{where}: tensor {name!r} differs from the patch's base fingerprint"
-        report.warnings.append(msg)
-        logger.warning(msg)
-    return report, stack
-
-
-def _non_finite(name: str, parts: Parts, dtype: torch.dtype) -> None:
-    """Raise the NonFiniteError that :func:`rws.patching.ops.patch_tensor` raises for a non-finite result."""
-    labels = ", ".join(p.label for p, _ in parts)
-    if not all_finite(total_delta(name, parts, dtype)):
-        raise NonFiniteError(name, f"the delta of {labels}")
-    raise NonFiniteError(name, "the patched result")
 
 
 def _entry(p: Patch, scale: float, sha256: str | None = None) -> dict[str, Any]:
@@ -396,7 +65,7 @@ def apply_file(
     # fingerprint, so that case hashes first
     late = all(p.name or p.source for p, _ in items)
     stack = prior + [_entry(p, a * p.scale, "0" * 64) for p, a in items] if late else final()
-    report, stack = _stream(
+    report, stack = stream(
         ck,
         items,
         out,
@@ -453,5 +122,5 @@ def remove_file(
         else:
             eff = float(stack.pop(hit)["scale"])
         items.append((p, eff / p.scale if p.scale else 0.0))
-    report, stack = _stream(ck, items, out, stack, force=force, clamp_var=True, inverse=True)
+    report, stack = stream(ck, items, out, stack, force=force, clamp_var=True, inverse=True)
     return FileResult(out, report, stack)

@@ -9,7 +9,9 @@ Layout (DESIGN.md §3): for every patched tensor ``NAME``, the codec's stored te
      "skipped": [names whose delta was exactly zero], "base": {"numel", "tensors"},
      "provenance": {...}}
 
-Readers refuse unknown major versions; unknown extra keys are kept and written back.
+Readers refuse unknown major versions and kinds; unknown extra keys are kept and written back.
+Kinds come from :data:`PATCH_KINDS`: ``delta`` and ``composed`` are registered here, each method's
+kind by :func:`rws.methods.register_method`, ``rift`` by :mod:`rws.recipes.rift`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,46 @@ from typing import Any
 import torch
 
 from rws.errors import CheckpointError, FormatVersionError, InputFileError, PatchFormatError
-from rws.io.safetensors_io import TensorFile, save_tensors
+from rws.io.safetensors_read import TensorFile
+from rws.io.safetensors_write import save_tensors
+from rws.registry import Registry
 
 FORMAT_VERSION = 1
 META_KEY = "rws"
 APPLIED_KEY = "rws.applied"
-KINDS = ("delta", "rws", "rift", "interpolation", "composed")
 SEP = "::"
+
+PATCH_KINDS: Registry[str] = Registry("patch kind")
+
+
+def register_kind(name: str, summary: str = "", *, url: str = "", exist_ok: bool = False) -> str:
+    """Register a patch kind (the manifest's ``kind``) so that patches of it can be built and read.
+
+    Args:
+        name: the kind, e.g. ``"rift"``.
+        summary, url: documentation for ``rws list``.
+        exist_ok: return quietly when ``name`` is already registered (several methods may make
+            one kind); otherwise a duplicate raises ``ValueError``.
+
+    Returns:
+        ``name``.
+
+    Example:
+        >>> "delta" in list_kinds()
+        True
+    """
+    if exist_ok and name in PATCH_KINDS:
+        return name
+    return PATCH_KINDS.add(name, name, summary=summary, url=url)
+
+
+def list_kinds(pattern: str = "*") -> list[str]:
+    """Registered patch kinds matching a glob, in registration order."""
+    return PATCH_KINDS.names(pattern)
+
+
+register_kind("delta", "tuned − base on the selected tensors")
+register_kind("composed", "a weighted sum of patches, re-encoded (rws.compose, p1 + p2)")
 
 
 def write_patch(
@@ -106,8 +141,9 @@ def check_manifest(path: str, manifest: Any) -> None:
         )
     if version < 1:
         raise FormatVersionError(path, f"unknown patch format version {version}")
-    if manifest.get("kind") not in KINDS:
-        raise PatchFormatError(path, f"unknown patch kind {manifest.get('kind')!r}")
+    kind = manifest.get("kind")
+    if not isinstance(kind, str) or kind not in PATCH_KINDS:
+        raise PatchFormatError(path, f"unknown patch kind {kind!r}")
     scale = manifest.get("scale", 1.0)
     if not isinstance(scale, int | float) or isinstance(scale, bool):
         raise PatchFormatError(path, "'scale' is not a number")

@@ -1,10 +1,11 @@
-"""Apply and remove patches on live modules, state dicts and checkpoint files.
+"""Apply and remove patches on live modules and state dicts (files: :mod:`rws.patching.files`).
 
 ``w' = w + Σ αᵢ·scaleᵢ·decode(δᵢ)``, summed and added in float32 (float64 for a float64 base), cast
-back to ``w``'s dtype. Removal inverts that map element by element: of ``c₀ = w' − D`` and its two
-neighbouring representable values it keeps one that the forward map sends back to ``w'``, so a
-round trip restores each element to within one rounding and, in practice, almost always bit for
-bit; the base fingerprints recorded in the patch then tell which tensors are exact.
+back to ``w``'s dtype (:func:`~rws.patching.arith.add_delta`). Removal is plain subtraction of the
+same sum, ``cast_w(w' − D)`` (:func:`~rws.patching.arith.sub_delta`): it restores each element to
+within one rounding, and bit for bit wherever adding ``D`` dropped no low bits of ``w`` (most
+elements; :mod:`rws.patching.arith` says why no formula recovers the others). The base
+fingerprints recorded in the patch then tell which restored tensors are exact.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rws.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
-from rws.io.checkpoint import is_integer_dtype, tensor_sha256
+from rws.io.checkpoint import is_integer_dtype
+from rws.io.hashing import tensor_sha256
 from rws.patching.arith import add_delta, all_finite, compute_dtype, sub_delta
 from rws.patching.patch import Patch, as_items
 
@@ -250,9 +252,15 @@ def remove(
     scale: float = 1.0,
     force: bool = False,
 ) -> PatchReport:
-    """Take patches off a module or state dict in place (the exact inverse of :func:`apply`).
+    """Take patches off a module or state dict in place: ``w ← cast_w(w − scale·Σ α·δ)``.
 
-    The report says how many restored tensors hash to the base fingerprints again.
+    Plain subtraction: the inverse of :func:`apply` to within one rounding per element, bit for
+    bit for most elements. The report counts the restored tensors that hash to the base
+    fingerprints again, so "restored" is a checked fact. A running variance that would go ≤ 0 is
+    clamped at 0.
+
+    Raises:
+        MissingTensorError, ShapeMismatchError, NonFiniteError, IntegrityError.
     """
     return _run(target, patches, scale, force=force, clamp_var=True, inverse=True)
 

@@ -1,12 +1,22 @@
-"""``Patch``: named, encoded weight deltas with their metadata, arithmetic and save/load."""
+"""``Patch``: named, encoded weight deltas with their metadata, arithmetic and save/load.
+
+Patches are immutable in use: :class:`Patch` and :class:`TensorDelta` are frozen dataclasses,
+and their mapping and list fields are deep read-only copies (:mod:`rws.patching._readonly`), so
+a patch never shares mutable state with the dicts it was built from, nor with the patches derived
+from it. A change is a new patch: ``patch.replace(scale=0.5, tags={**patch.tags, "k": "v"})``.
+The stored tensors themselves are shared between a patch and those derived by scaling (no copy, no
+re-read of a lazily loaded file); nothing in rws writes into them, and every decode returns a
+fresh tensor that the caller owns.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,14 +24,25 @@ import torch
 
 from rws._version import __version__
 from rws.errors import BaseMismatchError, NonFiniteError, UsageError
+from rws.io.hashing import tensor_sha256
 from rws.io.hub_fetch import resolve_path
-from rws.io.safetensors_io import tensor_bytes
+from rws.io.safetensors_layout import tensor_bytes
 from rws.patching import codecs, format
+from rws.patching._readonly import ReadOnlyDict, ReadOnlyList, thaw
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorDelta:
-    """One patched tensor: its encoded delta and the facts about the base it was taken against."""
+    """One patched tensor: its encoded delta and the facts about the base it was taken against.
+
+    Attributes:
+        name: the tensor's name in the base state dict.
+        shape: the base tensor's shape.
+        dtype: the base tensor's dtype, e.g. ``"float32"``.
+        encoded: the stored delta (:class:`~rws.patching.codecs.Encoded`).
+        base_sha256: sha256 of the base tensor the delta was taken against, if known.
+        delta_l2, base_l2: ‖δ‖ and ‖w‖.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -33,6 +54,7 @@ class TensorDelta:
 
     @property
     def numel(self) -> int:
+        """Elements of the tensor."""
         n = 1
         for s in self.shape:
             n *= s
@@ -43,11 +65,12 @@ class TensorDelta:
         return codecs.decode(self.name, self.encoded, self.shape)
 
     def manifest(self) -> dict[str, Any]:
+        """This tensor's entry in the file's manifest (a fresh, mutable dict)."""
         return {
             "shape": list(self.shape),
             "dtype": self.dtype,
             "codec": self.encoded.codec,
-            "params": self.encoded.params,
+            "params": thaw(self.encoded.params),
             "numel": self.numel,
             "delta_l2": self.delta_l2,
             "base_l2": self.base_l2,
@@ -55,34 +78,62 @@ class TensorDelta:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Patch:
-    """A set of weight deltas: ``w' = w + scale·delta`` for each named tensor.
+    """A set of weight deltas: ``w' = w + scale·delta`` for each named tensor; immutable.
 
-    Arithmetic: ``patch * 0.5`` and ``-patch`` change only ``scale`` (exact, no re-encoding);
-    ``p1 + p2`` and ``p1 - p2`` decode, sum in float32 and store the result with the fp32 codec
-    (use :func:`rws.compose` to choose another codec).
+    Arithmetic: ``patch * 0.5``, ``patch / 2`` and ``-patch`` change only ``scale`` (exact, no
+    re-encoding); ``p1 + p2`` and ``p1 - p2`` decode, sum in float32 and store the result with the
+    fp32 codec (use :func:`rws.compose` to choose another codec). Every operator and
+    :meth:`replace` returns a new patch and leaves its operands as they were.
+
+    Attributes:
+        tensors: tensor name → :class:`TensorDelta`, in depth order.
+        kind: a registered kind (:func:`rws.patching.format.list_kinds`).
+        scale: the default α applied with the patch.
+        name, description, tags: labels.
+        provenance: how the patch was made (tool, sources, method parameters …).
+        skipped: tensors left out because their delta was exactly zero.
+        base: facts about the whole base (``numel``, ``tensors``, ``dtypes``).
+        extra: manifest keys this rws does not know, kept and written back.
+        source: the file the patch was loaded from, if any.
+
+    The mappings and lists are read-only ``dict``/``list`` copies (``TypeError`` on any change).
 
     Example:
         >>> half = patch * 0.5          # doctest: +SKIP
         >>> half.save("half.rws.safetensors")  # doctest: +SKIP
+        >>> tagged = patch.replace(tags={**patch.tags, "corruption": "fog"})  # doctest: +SKIP
     """
 
-    tensors: dict[str, TensorDelta]
+    tensors: Mapping[str, TensorDelta]
     kind: str = "delta"
     scale: float = 1.0
     name: str = ""
     description: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-    base: dict[str, Any] = field(default_factory=dict)  # {"numel", "tensors"} of the whole base
-    extra: dict[str, Any] = field(default_factory=dict)
-    source: str = ""  # the file it was loaded from, if any
+    tags: Mapping[str, str] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    skipped: Sequence[str] = ()
+    base: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in format.KINDS:
-            raise UsageError(f"unknown patch kind {self.kind!r}; choose one of {format.KINDS}")
+        format.PATCH_KINDS.entry(self.kind)  # UnknownNameError (a UsageError) listing the kinds
+        for key in ("tensors", "tags", "provenance", "base", "extra"):
+            value = getattr(self, key)
+            if not isinstance(value, ReadOnlyDict):
+                object.__setattr__(self, key, ReadOnlyDict(value))
+        if not isinstance(self.skipped, ReadOnlyList):
+            object.__setattr__(self, "skipped", ReadOnlyList(self.skipped))
+
+    def replace(self, **changes: Any) -> Patch:
+        """A new patch with ``changes`` to its fields; this one is unchanged.
+
+        Example:
+            >>> p2 = patch.replace(scale=0.8, provenance={**patch.provenance, "alpha": 0.8})  # doctest: +SKIP
+        """
+        return dataclasses.replace(self, **changes)
 
     # --- contents -------------------------------------------------------------------------------
 
@@ -129,7 +180,7 @@ class Patch:
     def __mul__(self, alpha: float) -> Patch:
         if not isinstance(alpha, int | float) or isinstance(alpha, bool):
             return NotImplemented
-        return replace(self, scale=self.scale * float(alpha))
+        return self.replace(scale=self.scale * float(alpha))
 
     __rmul__ = __mul__
 
@@ -152,17 +203,17 @@ class Patch:
     # --- persistence ----------------------------------------------------------------------------
 
     def manifest(self) -> dict[str, Any]:
-        """The JSON manifest written into the file's metadata."""
+        """The JSON manifest written into the file's metadata (a fresh, mutable copy)."""
         return {
-            **self.extra,
+            **thaw(self.extra),
             "kind": self.kind,
             "scale": self.scale,
             "name": self.name,
             "description": self.description,
             "tags": dict(self.tags),
-            "provenance": self.provenance,
+            "provenance": thaw(self.provenance),
             "skipped": list(self.skipped),
-            "base": dict(self.base),
+            "base": thaw(self.base),
             "tensors": {n: t.manifest() for n, t in self.tensors.items()},
         }
 
@@ -182,7 +233,7 @@ class Patch:
         tensors: dict[str, TensorDelta] = {}
         for name, info in manifest["tensors"].items():
             codec = info["codec"]
-            codecs.CODECS.entry(codec)  # unknown codec -> UnknownNameError listing the choices
+            codecs.get_codec(codec)  # unknown codec -> UnknownNameError listing the choices
             enc = codecs.Encoded(codec, parts[name], dict(info.get("params") or {}))
             tensors[name] = TensorDelta(
                 name=name,
@@ -239,8 +290,6 @@ def encode_deltas(
     Raises:
         NonFiniteError: a delta holds NaN or Inf.
     """
-    from rws.io.checkpoint import tensor_sha256
-
     tensors: dict[str, TensorDelta] = {}
     skipped: list[str] = []
     for name, delta, base in deltas:
@@ -306,7 +355,7 @@ def compose(
             skipped.append(n)
             continue
         m = meta[n]
-        tensors[n] = replace(
+        tensors[n] = dataclasses.replace(
             m, encoded=codecs.encode(n, d, codec, blocksize=blocksize), delta_l2=float(d.norm())
         )
     sources = [

@@ -15,9 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
 from rws.data.types import Split
@@ -25,7 +22,13 @@ from rws.errors import UsageError
 from rws.patching.ops import patched
 from rws.patching.patch import Patch
 from rws.robustness.attacks import attack, parse_eps
-from rws.training.state import check_int
+from rws.robustness.corruptions.severity import severity_range
+from rws.robustness.inputs import corrupted_inputs
+from rws.runtime.device import model_device
+from rws.runtime.progress import progress_bar
+from rws.runtime.seed import generator
+from rws.training.config import check_int
+from rws.training.metrics import accuracy
 
 METRICS = ("clean", "corrupted", "robust")
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -107,6 +110,7 @@ class AlphaSettings:
         put("grid", tuple(grid))
         put("criterion", parse_criterion(self.criterion))
         put("corruptions", tuple(self.corruptions))
+        put("severity", severity_range(self.severity))
         put("attack_eps", parse_eps(self.attack_eps))
         check_int("attack_steps", self.attack_steps, 0)
         check_int("batch_size", self.batch_size, 1)
@@ -193,33 +197,29 @@ def alpha_curve(
     Raises:
         UsageError: an empty split or bad settings.
     """
-    from rws.training.train import accuracy, corrupted_inputs
-
     s = settings or AlphaSettings()
     if len(split) == 0:
         raise UsageError("alpha search: the validation split is empty")
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = model_device(model)
     x, y = split.x.to(dev), split.y.to(dev)
-    xc = (
-        corrupted_inputs(split.x, s.corruptions, s.severity, seed=s.seed).to(dev)
-        if s.corruptions
-        else None
-    )
+    xc = None
+    if s.corruptions:  # the images `rws eval` with this seed and batch size would feed
+        xc = corrupted_inputs(
+            split.x, s.corruptions, s.severity, seed=s.seed, batch_size=s.batch_size
+        ).to(dev)
     model.eval()
     points = []
-    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
-        task = bar.add_task("alpha search", total=len(s.grid))
+    with progress_bar("alpha search", len(s.grid), enabled=progress) as advance:
         for a in s.grid:
             with patched(model, patch, scale=a):
                 clean = accuracy(model, x, y, s.batch_size, dev)
                 corr = accuracy(model, xc, y, s.batch_size, dev) if xc is not None else math.nan
                 robust = math.nan
                 if s.attack_steps:
-                    g = torch.Generator().manual_seed(s.seed)
                     xa = attack(model, x, y, "pgd", eps=s.attack_eps, steps=s.attack_steps,
-                                generator=g, batch_size=s.batch_size)  # fmt: skip
+                                generator=generator(s.seed), batch_size=s.batch_size)  # fmt: skip
                     robust = accuracy(model, xa, y, s.batch_size, dev)
             points.append(AlphaPoint(a, clean, corr, robust))
-            bar.advance(task)
+            advance()
     chosen = choose_alpha(points, s.criterion, s.max_robust_drop)
     return AlphaCurve(points, chosen, dict(s.criterion), s.max_robust_drop, len(y))

@@ -28,17 +28,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
 from rws.data.types import ImageDataset, Split
 from rws.errors import UsageError
 from rws.patching.selection import group_layers, module_of
 from rws.robustness.attacks import attack, parse_eps
-from rws.runtime.device import resolve_device
-from rws.training.state import check_float, check_int
-from rws.training.train import grad_only
+from rws.runtime.device import on_device, resolve_device
+from rws.runtime.progress import progress_bar
+from rws.runtime.seed import generator
+from rws.training.config import check_float, check_int
+from rws.training.freeze import grad_only
 
 __all__ = [
     "ModuleCriticality",
@@ -194,9 +194,8 @@ def adversarial_set(
     if n == 0:
         raise UsageError("mrc: no examples to build the adversarial set from")
     x, y = split.x[:n].to(device), split.y[:n].to(device)
-    g = torch.Generator().manual_seed(settings.seed)
     x_adv = attack(model, x, y, "pgd", eps=settings.attack_eps, steps=settings.attack_steps,
-                   step_size=settings.attack_step_size, generator=g,
+                   step_size=settings.attack_step_size, generator=generator(settings.seed),
                    batch_size=settings.batch_size)  # fmt: skip
     return x_adv, y
 
@@ -284,7 +283,6 @@ def mrc(
     """
     settings = settings or MrcSettings()
     dev = resolve_device(device)
-    home = next(iter(model.parameters()), torch.empty(0)).device
     layers = layers_of(model)
     if modules is not None:
         known = dict(layers)
@@ -298,27 +296,24 @@ def mrc(
     if not layers:
         raise UsageError("mrc: the model has no conv or linear module")
     params = dict(model.named_parameters())
-    model.to(dev).eval()
-    try:
+    with on_device(model, dev):
+        model.eval()
         start = time.perf_counter()
         x, y = adversarial_set(model, _as_split(data), settings, dev)
         attack_seconds = time.perf_counter() - start
         base = _loss_acc(model, x, y, settings.batch_size)
         out = []
-        with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
-            task = bar.add_task("module robust criticality", total=len(layers))
+        with progress_bar("module robust criticality", len(layers), enabled=progress) as advance:
             for name, tensors in layers:
-                bar.update(task, description=f"MRC {name}")
+                advance(0, description=f"MRC {name}")
                 weight = params[f"{name}.weight"]
                 loss, acc = module_mrc(model, weight, x, y, settings, base)
                 out.append(ModuleCriticality(
                     name, tensors, loss - base[0], loss, acc, base[1] - acc,
                     float(weight.detach().double().norm()),
                 ))  # fmt: skip
-                bar.advance(task)
+                advance()
         seconds = time.perf_counter() - start
-    finally:
-        model.to(home).eval()
     return MrcResult(out, base[0], base[1], settings, len(y), seconds, attack_seconds)
 
 

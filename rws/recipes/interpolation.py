@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from rws.data import load_dataset
@@ -18,9 +17,9 @@ from rws.io.checkpoint import Source
 from rws.methods.extract import extract
 from rws.models import load_model
 from rws.patching.patch import Patch
-from rws.recipes.alpha import AlphaSettings, alpha_curve, parse_criterion
+from rws.recipes.alpha import AlphaCurve, AlphaSettings, alpha_curve, parse_criterion
 from rws.robustness.corruptions import CORRUPTIONS
-from rws.runtime.device import resolve_device
+from rws.runtime.device import on_device
 
 
 def interpolate(
@@ -73,21 +72,22 @@ def interpolate(
     if alpha != "auto":
         if isinstance(alpha, bool) or not isinstance(alpha, int | float):
             raise UsageError(f"--alpha {alpha!r}: give a number or auto")
-        patch.scale = float(alpha)
-        patch.provenance["alpha"] = float(alpha)
-        return patch
+        a = float(alpha)
+        return patch.replace(scale=a, provenance={**patch.provenance, "alpha": a})
     curve = _auto_alpha(
         patch, base, data=data, arch=arch, criterion=criterion, grid=grid,
         max_robust_drop=max_robust_drop, corruptions=corruptions, severity=severity,
         attack_eps=attack_eps, attack_steps=attack_steps, seed=seed, device=device,
         progress=progress,
     )  # fmt: skip
-    patch.scale = curve.chosen.alpha
-    patch.provenance.update({"alpha": curve.chosen.alpha, "alpha_curve": curve.to_dict()})
-    return patch
+    chosen = curve.chosen.alpha
+    prov = {**patch.provenance, "alpha": chosen, "alpha_curve": curve.to_dict()}
+    return patch.replace(scale=chosen, provenance=prov)
 
 
-def _auto_alpha(patch: Patch, base: Source, *, data: Any, arch: str | None, **kw: Any) -> Any:
+def _auto_alpha(
+    patch: Patch, base: Source, *, data: Any, arch: str | None, **kw: Any
+) -> AlphaCurve:
     if data is None:
         raise UsageError("--alpha auto needs validation data (--data)")
     dataset = load_dataset(data) if isinstance(data, str) else data
@@ -109,9 +109,5 @@ def _auto_alpha(patch: Patch, base: Source, *, data: Any, arch: str | None, **kw
         attack_steps=kw["attack_steps"] if needs_attack else 0, seed=kw["seed"],
         **({"grid": tuple(grid)} if grid is not None else {}),
     )  # fmt: skip
-    home = next(iter(model.parameters()), torch.empty(0)).device
-    model.to(resolve_device(kw["device"]))
-    try:
+    with on_device(model, kw["device"]):
         return alpha_curve(model, patch, dataset.val, settings, progress=kw["progress"])
-    finally:
-        model.to(home)

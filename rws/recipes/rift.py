@@ -10,8 +10,9 @@
    and keep the α with the best clean accuracy whose PGD accuracy is at most ``max_robust_drop``
    (0.1 point) below the AT model's; the reference picks by hand on the test set.
 
-The patch (kind ``rift``) stores ``W_ft − W`` of that layer with ``scale = α`` and, in its
-provenance, the module, the MRC table, the α curve, the attack and the fine-tuning history.
+The patch (kind ``rift``, registered here) stores the exact ``W_ft − W`` of that layer (extracted
+with the ``delta`` method) with ``scale = α`` and, in its provenance (``method: rift``), the
+module, the MRC table, the α curve, the attack and the fine-tuning history.
 With ``work_dir`` every step is kept on disk and a rerun continues where it stopped.
 """
 
@@ -25,21 +26,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from rws.data import load_dataset
 from rws.data.types import ImageDataset
 from rws.errors import UsageError
 from rws.io.atomic import write_atomic
 from rws.io.checkpoint import describe_source
+from rws.io.hashing import state_sha256
+from rws.methods.extract import extract
+from rws.patching.format import register_kind
 from rws.patching.patch import Patch
 from rws.recipes.alpha import AlphaCurve, AlphaSettings, alpha_curve
 from rws.recipes.criticality import MrcResult, MrcSettings, layers_of, mrc, trainable_modules
-from rws.runtime.device import resolve_device
-from rws.training.state import TrainConfig
+from rws.runtime.device import on_device
+from rws.training.config import TrainConfig
+from rws.training.loop import finetune
+from rws.training.state import data_fingerprint
 
 MRC_FILE = "mrc.json"
 FINETUNE_DIR = "finetune"
+
+register_kind(
+    "rift",
+    "RiFT: fine-tuned − adversarially trained, one module, applied at scale α",
+    url="https://arxiv.org/abs/2308.02533",
+)
 
 
 def rift_train_config(**overrides: Any) -> TrainConfig:
@@ -69,8 +81,6 @@ def _mrc_cached(
 ) -> MrcResult:  # fmt: skip
     """MRC, read back from ``work/mrc.json`` when it was measured on the same weights, data and
     settings, else computed (and written there)."""
-    from rws.training.state import data_fingerprint, state_sha256
-
     path = work / MRC_FILE if work else None
     key = {"model_sha256": state_sha256(model.state_dict()), "data": data_fingerprint(data)}
     if path is not None and path.is_file():
@@ -132,10 +142,6 @@ def rift(
         >>> res = rws.rift(at_model, "digits", work_dir="rift-run")  # doctest: +SKIP
         >>> res.patch.save("rift.safetensors")  # doctest: +SKIP
     """
-    from rws.data import load_dataset
-    from rws.methods.extract import extract
-    from rws.training.train import finetune
-
     dataset = load_dataset(data) if isinstance(data, str) else data
     ms = mrc_settings or MrcSettings()
     work = Path(work_dir) if work_dir is not None else None
@@ -154,42 +160,31 @@ def rift(
     tuned = copy.deepcopy(model)
     ckdir = work / FINETUNE_DIR if work is not None else None
     res = finetune(tuned, dataset, cfg, checkpoint_dir=ckdir, progress=progress)
-    patch = extract(model, tuned, method="rift", codec=codec, include=list(layers[chosen]),
-                    name=name or f"rift-{chosen}", description=description, tags=tags)  # fmt: skip
+    delta = extract(model, tuned, method="delta", codec=codec, include=list(layers[chosen]))
     a_settings = alpha_settings or AlphaSettings(attack_eps=ms.attack_eps,
                                                  attack_steps=ms.attack_steps, seed=ms.seed)  # fmt: skip
-    home = next(iter(model.parameters()), torch.empty(0)).device
-    model.to(resolve_device(device))
-    try:
-        curve = alpha_curve(model, patch, dataset.val, a_settings, progress=progress)
-    finally:
-        model.to(home)
-    patch.scale = curve.chosen.alpha
+    with on_device(model, device):
+        curve = alpha_curve(model, delta, dataset.val, a_settings, progress=progress)
     history = [h.to_dict() for h in res.history]
     for h in history:
         h.pop("seconds", None)
-    patch.provenance.update(
-        {
-            "module": chosen,
-            "mrc": {m.module: m.mrc for m in crit.modules},
-            "mrc_table": [
-                {k: v for k, v in asdict(m).items() if k != "tensors"} for m in crit.modules
-            ],
-            "mrc_settings": asdict(ms),
-            "attack": {
-                "method": "pgd",
-                "norm": "linf",
-                "eps": ms.attack_eps,
-                "steps": ms.attack_steps,
-            },
-            "alpha": curve.chosen.alpha,
-            "alpha_curve": curve.to_dict(),
-            "finetune": {"config": cfg.to_dict(), "best_epoch": res.best_epoch, "history": history},
-            "data": dataset.name,
-        }
-    )
+    prov = {
+        **delta.provenance,
+        "method": "rift",
+        "module": chosen,
+        "mrc": {m.module: m.mrc for m in crit.modules},
+        "mrc_table": [{k: v for k, v in asdict(m).items() if k != "tensors"} for m in crit.modules],
+        "mrc_settings": asdict(ms),
+        "attack": {"method": "pgd", "norm": "linf", "eps": ms.attack_eps, "steps": ms.attack_steps},
+        "alpha": curve.chosen.alpha,
+        "alpha_curve": curve.to_dict(),
+        "finetune": {"config": cfg.to_dict(), "best_epoch": res.best_epoch, "history": history},
+        "data": dataset.name,
+    }
     if source is not None:
-        patch.provenance["base"] = describe_source(source)  # fmt: skip
+        prov["base"] = describe_source(source)
+    patch = delta.replace(kind="rift", scale=curve.chosen.alpha, name=name or f"rift-{chosen}",
+                          description=description, tags=dict(tags or {}), provenance=prov)  # fmt: skip
     return RiftResult(patch, crit, chosen, curve, history, tuned)
 
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from rws.errors import CheckpointError, InputFileError, OutputPathError, UnsafeInputError
-from rws.io.checkpoint import check_output_path, open_checkpoint, tensor_sha256
+from rws.io.checkpoint import check_output_path, open_checkpoint
+from rws.io.hashing import tensor_sha256
 
 
 class Exploit:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import doctest
+from dataclasses import FrozenInstanceError, replace
+
 import pytest
 import torch
 
@@ -80,10 +83,58 @@ def test_bad_blocksize_and_unknown_codec() -> None:
 
 def test_corrupt_encoded_data_is_a_codec_error() -> None:
     enc = codecs.encode("w", torch.randn(100), "int8")
-    enc.tensors["absmax"] = enc.tensors["absmax"][:1]
+    enc = replace(enc, tensors={**enc.tensors, "absmax": enc.tensors["absmax"][:1]})
     with pytest.raises(CodecError, match="tensor 'w': int8 data holds 100 values / 1 scales"):
         codecs.decode("w", enc, (100,))
     enc2 = codecs.encode("w", torch.randn(100), "nf4")
-    del enc2.tensors["state"]
+    enc2 = replace(enc2, tensors={k: v for k, v in enc2.tensors.items() if k != "state"})
     with pytest.raises(CodecError, match="lacks stored tensor 'w::state'"):
         codecs.decode("w", enc2, (100,))
+
+
+BLOCKWISE = {"int8", "bnb8", "nf4", "fp4"}
+
+
+@pytest.mark.parametrize("codec", codecs.list_codecs())
+def test_get_codec_says_whether_the_block_size_matters(codec: str) -> None:
+    impl = codecs.get_codec(codec)
+    assert impl.name == codec and impl.blockwise == (codec in BLOCKWISE)
+    x = torch.randn(512, generator=torch.Generator().manual_seed(5))
+    small, large = (codecs.encode("w", x, codec, blocksize=b) for b in (64, 256))
+    assert ("blocksize" in small.params) == impl.blockwise
+    if impl.blockwise:  # one scale per block: a smaller block stores more scales
+        assert small.tensors["absmax"].numel() == 512 // 64
+        assert large.tensors["absmax"].numel() == 512 // 256
+    else:
+        assert torch.equal(small.tensors[""], large.tensors[""])
+
+
+def test_list_codecs_filters_and_unknown_names_list_the_choices() -> None:
+    assert codecs.list_codecs() == ["fp32", "fp16", "bf16", "int8", "bnb8", "nf4", "fp4"]
+    assert codecs.list_codecs("fp*") == ["fp32", "fp16", "fp4"]
+    assert codecs.list_codecs("int?") == ["int8"] and codecs.list_codecs("zz*") == []
+    with pytest.raises(UnknownNameError, match=r"^unknown codec 'int3'; choose one of: fp32, fp16"):
+        codecs.get_codec("int3")
+
+
+def test_encoded_is_immutable() -> None:
+    enc = codecs.encode("w", torch.randn(100), "int8")
+    with pytest.raises(FrozenInstanceError):
+        enc.codec = "fp32"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="read-only"):
+        enc.params["rel_error"] = 0.0  # type: ignore[index]
+    with pytest.raises(TypeError, match="read-only"):
+        del enc.tensors["q"]  # type: ignore[attr-defined]
+    parts = {"": torch.ones(3)}
+    fp = codecs.Encoded("fp32", parts)
+    parts[""] = torch.zeros(3)  # the Encoded keeps its own mapping
+    assert torch.equal(fp.tensors[""], torch.ones(3))
+
+
+def test_module_examples_run() -> None:
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(codecs, globs=vars(codecs)):
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+    assert runner.summarize(verbose=False).attempted >= 3

@@ -142,10 +142,10 @@ def _odd_model(g: torch.Generator) -> dict[str, torch.Tensor]:
 def test_streamed_apply_is_the_in_memory_apply_bit_for_bit(
     codec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rws.patching import files as fileops
+    from rws.patching import _stream as pipeline
 
-    monkeypatch.setattr(fileops, "RUN", 256)  # many runs per tensor, the last one partial
-    monkeypatch.setattr(fileops, "SLOTS", 3)
+    monkeypatch.setattr(pipeline, "RUN", 256)  # many runs per tensor, the last one partial
+    monkeypatch.setattr(pipeline, "SLOTS", 3)
     g = torch.Generator().manual_seed(5)
     base = _odd_model(g)
     patches = []
@@ -184,11 +184,12 @@ def test_streamed_apply_is_the_in_memory_apply_bit_for_bit(
 def test_fingerprints_are_checked_on_the_bytes_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rws.io.checkpoint import open_checkpoint, tensor_sha256
-    from rws.patching import files as fileops
+    from rws.io.checkpoint import open_checkpoint
+    from rws.io.hashing import tensor_sha256
+    from rws.patching import _stream as pipeline
     from rws.patching.ops import group_by_tensor
 
-    monkeypatch.setattr(fileops, "RUN", 128)
+    monkeypatch.setattr(pipeline, "RUN", 128)
     g = torch.Generator().manual_seed(6)
     base = {"w": torch.randn(1000, generator=g).half(), "v": torch.randn(77, generator=g)}
     tuned = {k: v + 0.01 for k, v in base.items()}
@@ -196,9 +197,9 @@ def test_fingerprints_are_checked_on_the_bytes_read(
     save_file(base, tmp_path / "base.safetensors")
     ck = open_checkpoint(tmp_path / "base.safetensors")
     plan = group_by_tensor([(p, 1.0)])
-    files = fileops._tensor_files(ck)
+    files = pipeline.tensor_files(ck)
     hashes, name = {}, ""
-    with fileops._Reader(ck, files, plan, hashing=True, runs=True) as reader:  # hashed as read
+    with pipeline.Reader(ck, files, plan, hashing=True, runs=True) as reader:  # hashed as read
         for item in reader:
             if item[0] == "begin":
                 name = item[1]
@@ -255,11 +256,11 @@ def test_untouched_tensors_are_copied_with_or_without_copy_file_range(
 def test_a_failure_while_streaming_stops_every_thread_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rws.patching import files as fileops
+    from rws.patching import _stream as pipeline
     from rws.patching.patch import Patch
 
-    monkeypatch.setattr(fileops, "RUN", 64)
-    monkeypatch.setattr(fileops, "SLOTS", 2)
+    monkeypatch.setattr(pipeline, "RUN", 64)
+    monkeypatch.setattr(pipeline, "SLOTS", 2)
     base = {f"t{i}": torch.randn(1000) for i in range(20)}
     p = rws.extract(base, {k: v + 1 for k, v in base.items()}, codec="int8", name="p")
     save_file(base, tmp_path / "base.safetensors")

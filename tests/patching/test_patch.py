@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 import struct
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from rws.errors import (
     NonFiniteError,
     PatchFormatError,
 )
-from rws.io.safetensors_io import save_tensors
+from rws.io.safetensors_layout import tensor_bytes
+from rws.io.safetensors_write import save_tensors
+from rws.patching._readonly import ReadOnlyDict, freeze, thaw
 from rws.patching.format import META_KEY
 
 
@@ -37,7 +42,7 @@ def test_save_load_roundtrip_keeps_everything(tmp_path: Path) -> None:
         base, tuned, codec="int8", name="fog", description="d", tags={"corruption": "fog"}
     )
     assert p.skipped == ["a.bias"] and p.names() == ["a.weight", "b.weight"]
-    p.extra["future_key"] = {"x": 1}
+    p = p.replace(extra={**p.extra, "future_key": {"x": 1}})
     p.save(tmp_path / "p.safetensors")
     q = rws.load(tmp_path / "p.safetensors")
     assert (
@@ -141,3 +146,116 @@ def test_stray_stored_tensor_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(PatchFormatError, match="stored tensor 'zzz' is not in the manifest"):
         rws.load(tmp_path / "x.safetensors")
+
+
+# --- immutability ---------------------------------------------------------------------------------
+
+DERIVE = {
+    "mul": lambda p: p * 0.5,
+    "rmul": lambda p: 0.5 * p,
+    "div": lambda p: p / 4,
+    "neg": lambda p: -p,
+    "add": lambda p: p + p,
+    "sub": lambda p: p - p * 0.5,
+    "compose": lambda p: rws.compose([(p, 0.3), p], codec="int8"),
+    "replace": lambda p: p.replace(name="other", scale=2.0),
+}
+
+
+def _labelled(codec: str) -> rws.Patch:
+    base, tuned = _pair()
+    p = rws.extract(base, tuned, codec=codec, name="fog", tags={"corruption": "fog"},
+                    include=["a.*", "b.*"])  # fmt: skip
+    return p.replace(extra={"future_key": {"x": [1, 2]}})
+
+
+def _snapshot(p: rws.Patch) -> tuple:
+    """Every number and byte of a patch, as plain values."""
+    stored = {
+        n: ({s: bytes(tensor_bytes(x)) for s, x in t.encoded.tensors.items()},
+            thaw(t.encoded.params), t.base_sha256, t.delta_l2)
+        for n, t in p.tensors.items()
+    }  # fmt: skip
+    return (p.kind, p.scale, p.name, p.description, thaw(p.tags), thaw(p.provenance),
+            list(p.skipped), thaw(p.base), thaw(p.extra), p.source, stored)  # fmt: skip
+
+
+def _try_to_mutate(q: rws.Patch) -> None:
+    """Every way of changing a patch through its fields raises."""
+    for value in (q.tags, q.provenance, q.base, q.extra, q.tensors):
+        with pytest.raises(TypeError, match="read-only"):
+            value["k"] = "v"  # type: ignore[index]
+        with pytest.raises(TypeError, match="read-only"):
+            value.update(k="v")  # type: ignore[attr-defined]
+        with pytest.raises(TypeError, match="read-only"):
+            value.clear()  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="read-only"):
+        q.skipped.append("x")  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="read-only"):  # nested values are read-only too
+        q.provenance["sources" if q.kind == "composed" else "selection"].clear()
+    for field in ("scale", "kind", "name", "tags", "provenance", "tensors"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(q, field, 1.0)
+    for t in q.tensors.values():
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            t.base_sha256 = None  # type: ignore[misc]
+        with pytest.raises(TypeError, match="read-only"):
+            t.encoded.params["blocksize"] = 1  # type: ignore[index]
+        with pytest.raises(TypeError, match="read-only"):
+            t.encoded.tensors["q"] = torch.zeros(1)  # type: ignore[index]
+    for n in q.names():  # decoded deltas belong to the caller
+        q.delta(n).add_(1)
+        q.delta(n, scaled=False).mul_(0)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+@pytest.mark.parametrize("op", DERIVE)
+def test_derived_patches_share_no_mutable_state(op: str, codec: str) -> None:
+    p = _labelled(codec)
+    before = _snapshot(p)
+    q = DERIVE[op](p)
+    assert q is not p
+    derived = _snapshot(q)
+    _try_to_mutate(q)
+    _try_to_mutate(p)
+    assert _snapshot(p) == before  # the operand: scale, labels, provenance and bytes unchanged
+    assert _snapshot(q) == derived
+    if op in ("mul", "rmul", "div", "neg", "replace"):  # scaling changes the scale only
+        assert q.fingerprint() == p.fingerprint() and q.tags == p.tags
+
+
+def test_a_patch_copies_what_it_is_built_from_and_replace_makes_a_new_one() -> None:
+    p = _labelled("fp32")
+    tags, prov = {"corruption": "snow"}, {"origin": {"path": "x"}, "list": [1]}
+    skipped = ["c.weight"]
+    q = p.replace(tags=tags, provenance=prov, skipped=skipped)
+    tags["corruption"], prov["origin"]["path"] = "fog", "y"
+    prov["list"].append(2)
+    skipped.append("d.weight")
+    assert q.tags == {"corruption": "snow"} and q.provenance == {
+        "origin": {"path": "x"},
+        "list": [1],
+    }
+    assert q.skipped == ["c.weight"] and p.tags == {"corruption": "fog"}
+    assert isinstance(q.tags, dict) and isinstance(q.skipped, list)  # read-only dict/list
+    assert json.loads(json.dumps(q.provenance)) == {"origin": {"path": "x"}, "list": [1]}
+    m = q.manifest()  # a fresh, mutable copy
+    m["provenance"]["origin"]["path"] = "z"
+    m["tags"]["k"] = "v"
+    assert q.provenance["origin"]["path"] == "x" and "k" not in q.tags
+    r = copy.deepcopy(q)
+    assert r.fingerprint() == q.fingerprint() and r.provenance == q.provenance
+    with pytest.raises(rws.errors.UnknownNameError, match="unknown patch kind 'magic'; choose one"):
+        p.replace(kind="magic")
+
+
+def test_the_readonly_helpers_round_trip() -> None:
+    frozen = freeze({"a": [1, {"b": (2, [3])}]})
+    assert frozen == {"a": [1, {"b": (2, [3])}]} and isinstance(frozen["a"][1], ReadOnlyDict)
+    with pytest.raises(TypeError, match="read-only"):
+        frozen["a"][1]["b"][1].append(4)
+    plain = thaw(frozen)
+    plain["a"][1]["b"][1].append(4)  # mutable again, and a copy
+    assert frozen["a"][1]["b"][1] == [3] and type(plain["a"]) is list
+    assert pickle.loads(pickle.dumps(frozen)) == frozen
+    assert type(copy.copy(frozen)) is ReadOnlyDict and type(frozen | {"c": 1}) is dict

@@ -24,8 +24,8 @@ from rws.io.checkpoint import open_checkpoint
 from rws.recipes.alpha import AlphaPoint, AlphaSettings, choose_alpha, parse_criterion
 from rws.recipes.criticality import MrcSettings, layers_of, mrc
 from rws.recipes.rift import rift, rift_train_config
+from rws.training import TrainConfig, TrainResult, finetune
 from rws.training.state import load_train_state
-from rws.training.train import TrainConfig, TrainResult, finetune
 from tests.conftest import Trained
 
 runner = CliRunner()

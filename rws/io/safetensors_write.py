@@ -1,4 +1,4 @@
-"""The safetensors byte layout, read lazily and written as a stream.
+"""Writing safetensors files as a stream, atomically.
 
 ``safetensors.save_file`` needs every tensor in memory at once. :class:`StreamWriter` instead
 writes the header first (every offset follows from the declared shapes and dtypes), then each
@@ -6,69 +6,24 @@ tensor's bytes as they are produced (whole tensors, pieces of one, or ranges the
 from another file), from a writer thread, into a temporary file beside the output that is fsynced
 and renamed into place only on a clean exit. It starts writeback every ``KICK`` bytes, so dirty
 pages never pile up for the kernel to throttle the writer and the final fsync finds little to do.
-
-:class:`TensorFile` reads one tensor (or part of one) at a time with plain positioned reads (not
-mmap: touched pages of a mapped file count towards the process's resident memory until it closes,
-so streaming a 2 GiB file through mmap would hold 2 GiB). The header is validated as strictly as
-the safetensors library does (dtypes, shapes, contiguous offsets without holes or overlaps, exact
-file size), with one-line messages for the common failures (truncation, Git LFS pointers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import torch
 
-from rws.errors import CheckpointError, InputFileError, UsageError
+from rws.errors import CheckpointError
 from rws.io.atomic import atomic_output
-
-DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-CODE_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
-
-
-def dtype_code(dtype: torch.dtype) -> str:
-    """The safetensors code (``"F32"`` …) of a torch dtype."""
-    try:
-        return DTYPE_CODES[dtype]
-    except KeyError:
-        raise UsageError(f"dtype {dtype} cannot be stored in safetensors") from None
-
-
-def nbytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
-    """Bytes taken by a tensor of ``dtype`` and ``shape``."""
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-
-
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """A zero-copy little-endian byte view of a CPU tensor (copies only if not contiguous)."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+from rws.io.safetensors_layout import dtype_code, nbytes, tensor_bytes
 
 
 class StreamWriter:
@@ -289,137 +244,3 @@ def save_tensors(
     with StreamWriter(path, spec, metadata) as w:
         for k, t in tensors.items():
             w.write(k, t)
-
-
-MAX_HEADER = 100 << 20  # the safetensors library's limit
-
-
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
-    """Read and validate a safetensors header; return it and the byte offset where data starts.
-
-    Raises:
-        InputFileError: the file cannot be read.
-        CheckpointError: truncated, not safetensors, a Git LFS pointer, or an inconsistent header.
-    """
-    p = os.fspath(path)
-    try:
-        size = os.path.getsize(p)
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(p, "too short to be a safetensors file (truncated?)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > MAX_HEADER:
-                if (head + fh.read(120)).startswith(b"version https://git-lfs"):
-                    raise CheckpointError(
-                        p, "this is a Git LFS pointer, not weights; run `git lfs pull`"
-                    )
-                raise CheckpointError(p, "header length exceeds the file size (truncated?)")
-            raw = fh.read(n)
-    except OSError as err:
-        raise InputFileError(p, f"cannot read ({err.strerror or err})") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(p, "the safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(p, "the safetensors header is not a JSON object")
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise CheckpointError(p, "__metadata__ must map strings to strings")
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = CODE_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(p, f"tensor {name!r} has a malformed header entry") from None
-        if any(s < 0 for s in shape) or end - start != nbytes(dtype, shape):
-            raise CheckpointError(
-                p, f"tensor {name!r}: its offsets do not match its shape and dtype"
-            )
-        spans.append((start, end, name))
-    spans.sort()
-    pos = 0
-    for start, end, name in spans:
-        if start != pos:
-            what = "overlaps the previous one" if start < pos else "leaves a hole before it"
-            raise CheckpointError(p, f"tensor {name!r} {what}")
-        pos = end
-    if 8 + n + pos != size:
-        raise CheckpointError(
-            p, f"holds {size} bytes but its header describes {8 + n + pos} (truncated?)"
-        )
-    return header, 8 + n
-
-
-class TensorFile:
-    """A safetensors file read one tensor at a time (positioned reads)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
-        header, self._start = read_header(self.path)
-        self.metadata: dict[str, str] = dict(header.pop("__metadata__", {}) or {})
-        order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
-        self._info = {k: header[k] for k in order}
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def keys(self) -> list[str]:
-        """Tensor names in storage order."""
-        return list(self._info)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._info
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._info))
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._info[name]["shape"])
-
-    def dtype(self, name: str) -> torch.dtype:
-        return CODE_DTYPES[self._info[name]["dtype"]]
-
-    def nbytes(self, name: str) -> int:
-        start, end = self._info[name]["data_offsets"]
-        return int(end) - int(start)
-
-    def span(self, name: str) -> tuple[int, int]:
-        """Where a tensor's bytes lie in the file: (offset, length)."""
-        start, end = (int(o) for o in self._info[name]["data_offsets"])
-        return self._start + start, end - start
-
-    def fileno(self) -> int:
-        """The open file descriptor (positioned reads only: it has no meaningful position)."""
-        return self._fd
-
-    def read_into(self, name: str, offset: int, out: memoryview) -> None:
-        """Read ``len(out)`` bytes of a tensor, from byte ``offset`` of its data, into ``out``."""
-        base, size = self.span(name)
-        if offset < 0 or offset + out.nbytes > size:
-            raise ValueError(f"bytes {offset}+{out.nbytes} are outside tensor {name!r}")
-        done = 0
-        while done < out.nbytes:
-            got = os.preadv(self._fd, [out[done:]], base + offset + done)
-            if got <= 0:
-                raise CheckpointError(self.path, f"tensor {name!r}: file ended early (truncated?)")
-            done += got
-
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor into fresh memory."""
-        buf = torch.empty(self.nbytes(name), dtype=torch.uint8)
-        if buf.numel():
-            self.read_into(name, 0, memoryview(buf.numpy()))
-        return buf.view(self.dtype(name)).reshape(self.shape(name))
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()

@@ -1,3 +1,5 @@
+"""rws.io.safetensors_write: the streamed, atomic safetensors writer."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from rws.errors import OutputPathError
-from rws.io.safetensors_io import StreamWriter, save_tensors
+from rws.io.safetensors_read import TensorFile
+from rws.io.safetensors_write import StreamWriter, save_tensors
 
 DTYPES = [
     torch.float32,
@@ -65,8 +68,6 @@ def test_missing_output_folder(tmp_path: Path) -> None:
 
 
 def test_streamed_pieces_copies_and_late_metadata(tmp_path: Path) -> None:
-    from rws.io.safetensors_io import TensorFile
-
     g = torch.Generator().manual_seed(1)
     src = {"a": torch.randn(10, 3, generator=g), "b": torch.randn(7, generator=g).half()}
     save_tensors(tmp_path / "src.safetensors", src)
