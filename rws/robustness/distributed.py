@@ -7,13 +7,14 @@ and gathering the per-batch results in batch order reproduces a single-process r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from rws.io.hashing import text_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,7 @@ def gather_results(
 def combined_digest(digests: dict[str, str], keys: list[str], n_batches: int) -> str:
     """One sha256 over the per-batch digests ``"{key}#{batch}"`` in a fixed order, independent of
     how the batches were sharded."""
-    h = hashlib.sha256()
-    for key in keys:
-        for b in range(n_batches):
-            h.update(digests[f"{key}#{b}"].encode())
-    return h.hexdigest()
+    return text_sha256("".join(digests[f"{key}#{b}"] for key in keys for b in range(n_batches)))
 
 
 def broadcast(obj: Any) -> Any:

@@ -20,6 +20,7 @@ from rws.robustness.attacks import (
     api,
     attack,
     check_gradient_masking,
+    get_attack,
     list_attacks,
     losses,
     parse_eps,
@@ -76,6 +77,10 @@ def test_registry_lists_every_family():
     for entry in ATTACKS:
         assert entry.summary and entry.url.startswith("https://")
         assert entry.info["steps"] >= 1
+        assert get_attack(entry.name) is entry.obj and callable(entry.obj)  # the function
+    assert get_attack("pgd").__name__ == "pgd"
+    with pytest.raises(UnknownNameError, match="unknown attack 'pgdd'; choose one of: "):
+        get_attack("pgdd")
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

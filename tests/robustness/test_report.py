@@ -16,7 +16,8 @@ from rws.cli.app import _Group
 from rws.cli.eval import eval_command, parse_corruptions, parse_severities
 from rws.errors import UsageError
 from rws.models import create_model
-from rws.robustness.report import Report, Variant, compare
+from rws.robustness.report import Report
+from tests.robustness.conftest import hand_report as _hand_report
 from tests.robustness.test_evaluate import trained_models
 
 
@@ -25,28 +26,6 @@ def masked_cnn(num_classes: int = 10) -> torch.nn.Module:
     model = create_model("small-cnn", num_classes=num_classes)
     model.register_forward_pre_hook(lambda _m, args: (torch.round(args[0] * 4) / 4,))
     return model
-
-
-def _hand_report() -> Report:
-    b = {"clean": torch.tensor([1, 1, 0, 1], dtype=torch.bool)}
-    v = {"clean": torch.tensor([1, 0, 1, 1], dtype=torch.bool)}
-    base = Variant("base", [], 0.75, {"fog": {1: 0.5, 2: 0.25}}, 0.375, 1.0, {"pgd": 0.25}, None, b)
-    vs = {
-        "clean": compare(b["clean"], v["clean"]),
-        "corruptions": {"fog": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1,
-                                "severities": {1: {"delta": 0.25, "p_value": 0.5,
-                                                   "gained": 1, "lost": 0},
-                                               2: {"delta": 0.0, "p_value": 1.0,
-                                                   "gained": 1, "lost": 1}}}},
-        "mean_corruption": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1},
-        "mce": -0.2,
-        "robust": {"pgd": {"delta": 0.25, "p_value": 1.0, "gained": 1, "lost": 0}},
-    }  # fmt: skip
-    patch = {"name": "fog", "alpha": 0.8, "scale": 1.0, "fingerprint": "ab" * 32, "source": ""}
-    fog = Variant(
-        "fog@0.8", [patch], 0.75, {"fog": {1: 0.75, 2: 0.25}}, 0.5, 0.8, {"pgd": 0.5}, vs, v
-    )
-    return Report([base, fog], {"data": "digits", "seed": 0, "inputs_sha256": "0" * 64})
 
 
 def test_json_shape_and_round_trip(tmp_path) -> None:

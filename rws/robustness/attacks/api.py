@@ -11,7 +11,7 @@ from torch import nn
 
 from rws.errors import UsageError
 from rws.robustness.attacks._core import eval_mode, predict
-from rws.robustness.attacks.registry import get_attack
+from rws.robustness.attacks.registry import ATTACKS
 
 Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")
@@ -145,7 +145,7 @@ def attack(
         >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
         True
     """
-    entry = get_attack(method)
+    entry = ATTACKS.entry(method)
     eps_f = parse_eps(eps)
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")

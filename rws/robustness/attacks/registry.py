@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rws.registry import Entry, Registry
+from rws.registry import Registry
 
 
 class AttackFn(Protocol):
@@ -51,9 +51,16 @@ def register_attack(
     return ATTACKS.register(name, summary=summary, url=url, **info)
 
 
-def get_attack(name: str) -> Entry[AttackFn]:
-    """The registry entry for ``name``; raises ``UnknownNameError`` listing the choices."""
-    return ATTACKS.entry(name)
+def get_attack(name: str) -> AttackFn:
+    """The attack function registered under ``name`` (its metadata: ``ATTACKS.entry(name)``);
+    raises ``UnknownNameError`` listing the choices.
+
+    Example:
+        >>> from rws.robustness.attacks import get_attack
+        >>> get_attack("pgd").__name__
+        'pgd'
+    """
+    return ATTACKS.get(name)
 
 
 def list_attacks(pattern: str = "*") -> list[str]:

@@ -20,32 +20,19 @@ from rws.robustness.corruptions._rng import make_generator
 from rws.robustness.corruptions.params import resolve_table, severity_params
 from rws.robustness.corruptions.registry import (
     CORRUPTION_REGISTRY,
+    benchmark_order,
     corruption_info,
     get_corruption,
     list_corruptions,
     register_corruption,
 )
+from rws.robustness.corruptions.severity import check_severity
 
 logger = logging.getLogger(__name__)
 
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+# derived from the registry (each entry's ``extra`` flag), in the published benchmark order
+CORRUPTIONS: tuple[str, ...] = benchmark_order(extra=False)
+EXTRA_CORRUPTIONS: tuple[str, ...] = benchmark_order(extra=True)
 
 MIN_SIDE = 8
 _RANGE_SLACK = 0.05  # values within [-0.05, 1.05] are clamped; further out is a usage error
@@ -109,8 +96,7 @@ def corrupt(
         torch.Size([4, 3, 32, 32])
     """
     kernel = get_corruption(name)
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-        raise UsageError(f"severity must be an integer from 1 to 5, got {severity!r}")
+    check_severity(severity)
     x, lo, hi = _check_images(images)
     table = resolve_table(params, x.shape[-2], x.shape[-1])
     if x.shape[0] == 0:

@@ -53,13 +53,10 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return k / k.sum()
 
 
-def border_matrix(n: int, kernel: np.ndarray, mode: Border) -> np.ndarray:
-    """``(n, n)`` matrix of a 1-D correlation with ``kernel`` (odd length) and a border mode."""
-    return _border_matrix(n, tuple(np.asarray(kernel, dtype=np.float64).tolist()), mode).copy()
-
-
 @lru_cache(maxsize=128)
 def _border_matrix(n: int, kernel: tuple[float, ...], mode: Border) -> np.ndarray:
+    """``(n, n)`` matrix of a 1-D correlation with ``kernel`` (odd length) and a border mode;
+    cached, so callers must not modify it."""
     r = len(kernel) // 2
     src = pad_index(n, r, r, mode, torch.device("cpu")).numpy()
     m = np.zeros((n, n))

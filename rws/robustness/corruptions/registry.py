@@ -20,6 +20,7 @@ Kernel = Callable[..., torch.Tensor]
 Family = Literal["noise", "blur", "weather", "digital"]
 
 CORRUPTION_REGISTRY: Registry[Kernel] = Registry("corruption")
+FAMILIES: tuple[Family, ...] = ("noise", "blur", "weather", "digital")  # the benchmark's order
 
 PAPER_URL = "https://arxiv.org/abs/1903.12261"
 
@@ -57,3 +58,15 @@ def corruption_info(name: str) -> dict[str, Any]:
 def list_corruptions(pattern: str = "*") -> list[str]:
     """Registered corruption names matching a glob, in registration order."""
     return CORRUPTION_REGISTRY.names(pattern)
+
+
+def benchmark_order(*, extra: bool) -> tuple[str, ...]:
+    """The registered corruptions with this ``extra`` flag, family by family (noise, blur,
+    weather, digital) and in registration order within a family: the published benchmark order.
+
+    Example:
+        >>> benchmark_order(extra=True)
+        ('speckle_noise', 'gaussian_blur', 'spatter', 'saturate')
+    """
+    names = [e.name for e in CORRUPTION_REGISTRY if e.info["extra"] == extra]
+    return tuple(sorted(names, key=lambda n: FAMILIES.index(corruption_info(n)["family"])))

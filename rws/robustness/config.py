@@ -1,0 +1,162 @@
+"""Evaluation settings: :class:`EvalConfig`, validated once, serialised in every report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rws.errors import UsageError
+from rws.robustness.attacks import ATTACKS, parse_eps
+from rws.robustness.attacks.api import NORMS
+from rws.robustness.corruptions import CORRUPTIONS, get_corruption
+from rws.robustness.corruptions.params import TABLES
+from rws.robustness.corruptions.severity import check_severity
+from rws.runtime.device import DEVICE_PATTERN
+
+__all__ = ["EvalConfig"]
+
+_FLAGS = ("amp", "check_masking", "strict", "force", "clamp_var")
+_PARAMS = ("auto", *TABLES)
+
+
+def _names(value: object, *, all_of: Sequence[str] = ()) -> tuple[str, ...]:
+    """None / ``"none"`` → ``()``; ``"all"`` → ``all_of``; a name → ``(name,)``; duplicates dropped."""
+    if value is None or value == "none":
+        return ()
+    if value == "all" and all_of:
+        return tuple(all_of)
+    items = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return tuple(dict.fromkeys(str(v) for v in items))
+
+
+def _positive(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate a model and its patched variants (every setting of :func:`evaluate`).
+
+    Attributes:
+        corruptions: corruption names; ``"all"`` (the 15 benchmark corruptions), a single name,
+            None or ``"none"`` are accepted and stored as a tuple.
+        severities: severities 1–5 to evaluate (a single one is accepted).
+        attack: attack names (``"pgd"``, ``"apgd"``, ``"pma"``, ``"autoattack-lite"`` …); a name,
+            None or ``"none"`` are accepted. Examples are attacked per variant, seeded per batch.
+        eps: the attack radius (``"8/255"`` is accepted and stored as a float).
+        steps: attack iterations; None uses each attack's default.
+        norm: ``"linf"`` or ``"l2"``.
+        n_examples: evaluate the first ``n`` test examples (all when None).
+        batch_size: images per forward pass, also the unit of sharding and of seeding.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
+        amp: autocast (bf16/fp16) for clean and corruption forwards on CUDA; attacks stay fp32.
+        seed: root of every seed (corruptions, attacks, masking checks).
+        params: the corruption severity table (``"auto"`` picks by image size).
+        corruption_source: a folder of released CIFAR-10-C-style arrays to use instead of the
+            kernels (a dataset spec ``"cifar10c:DIR"`` sets it too).
+        check_masking: run the gradient-masking checks on each variant when attacking.
+        masking_examples: examples used by those checks.
+        strict: raise ``EvaluationError`` when a check warns.
+        force: apply patches whose base fingerprints differ from the model's.
+        clamp_var: clamp BatchNorm running variances a patch drives below 0 (else refused).
+        extra: unknown keys met by :meth:`from_dict`, kept and written back by :meth:`to_dict`.
+
+    Raises:
+        UsageError, UnknownNameError: a bad setting (raised on construction).
+
+    Example:
+        >>> cfg = EvalConfig(corruptions="fog", severities=(1, 3), attack="pgd", eps="8/255")
+        >>> cfg.corruptions, cfg.attack, round(cfg.eps * 255)
+        (('fog',), ('pgd',), 8)
+        >>> EvalConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    attack: tuple[str, ...] = ()
+    eps: float = 8 / 255
+    steps: int | None = None
+    norm: Literal["linf", "l2"] = "linf"
+    n_examples: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    params: Literal["auto", "cifar", "imagenet"] = "auto"
+    corruption_source: str | None = None
+    check_masking: bool = True
+    masking_examples: int = 128
+    strict: bool = False
+    force: bool = False
+    clamp_var: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        put("corruptions", _names(self.corruptions, all_of=CORRUPTIONS))
+        for c in self.corruptions:
+            get_corruption(c)  # UnknownNameError lists the choices
+        sevs = (self.severities,) if isinstance(self.severities, int) else self.severities
+        put("severities", tuple(dict.fromkeys(check_severity(s) for s in sevs)))
+        put("attack", _names(self.attack))
+        for a in self.attack:
+            ATTACKS.entry(a)
+        put("eps", parse_eps(self.eps))
+        _positive("batch_size", self.batch_size)
+        _positive("steps", self.steps, optional=True)
+        _positive("n_examples", self.n_examples, optional=True)
+        _positive("masking_examples", self.masking_examples)
+        if self.norm not in NORMS:
+            raise UsageError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
+            raise UsageError(f"unknown device {self.device!r}; choose cpu, cuda[:n] or auto")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+        if self.params not in _PARAMS:
+            raise UsageError(f"params must be 'cifar', 'imagenet' or 'auto', not {self.params!r}")
+        if self.corruption_source is not None:
+            put("corruption_source", os.fspath(self.corruption_source))
+        for flag in _FLAGS:
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        put("extra", dict(self.extra))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (tuples as lists), unknown keys from :meth:`from_dict` included."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for key in ("corruptions", "severities", "attack"):
+            out[key] = list(out[key])
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
+        """Inverse of :meth:`to_dict`; unknown keys go to ``extra``.
+
+        Raises:
+            UsageError, UnknownNameError: a bad setting.
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> EvalConfig:
+        """The config of a report's ``settings``: its ``"config"`` when recorded, else (reports
+        written before :class:`EvalConfig`) rebuilt from the flat settings they hold; settings
+        such a report did not record (``steps``, ``strict`` …) take their defaults."""
+        if "config" in settings:
+            return cls.from_dict(settings["config"])
+        flat = ("corruptions", "severities", "attack", "eps", "norm", "n_examples", "batch_size",
+                "amp", "seed", "params", "device")  # fmt: skip
+        known = {k: settings[k] for k in flat if k in settings}
+        source = settings.get("corruption_source")
+        if source and source != "rws kernels":
+            known["corruption_source"] = source
+        return cls(**known)

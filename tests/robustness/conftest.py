@@ -1,0 +1,69 @@
+"""Shared test inputs: real photos at 32² and 96², seeded generators, a hand-written report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rws.robustness.report import Report, Variant
+from rws.robustness.stats import compare
+
+
+def photos(size: int) -> torch.Tensor:
+    """Seven real photos, centre-cropped square and resized to ``size``², as (7, 3, size, size)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), *load_sample_images().images]
+    out = []
+    for a in arrays:
+        h, w = a.shape[:2]
+        s = min(h, w)
+        a = a[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        out.append(np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def hwc(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) tensor → (H, W, 3) float64 array."""
+    return x.permute(1, 2, 0).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def photos32() -> torch.Tensor:
+    return photos(32)
+
+
+@pytest.fixture(scope="module")
+def photos96() -> torch.Tensor:
+    return photos(96)
+
+
+def hand_report() -> Report:
+    """Two variants (base, fog@0.8) written by hand: fog at severities 1–2, pgd, mCE."""
+    b = {"clean": torch.tensor([1, 1, 0, 1], dtype=torch.bool)}
+    v = {"clean": torch.tensor([1, 0, 1, 1], dtype=torch.bool)}
+    base = Variant("base", [], 0.75, {"fog": {1: 0.5, 2: 0.25}}, 0.375, 1.0, {"pgd": 0.25}, None, b)
+    vs = {
+        "clean": compare(b["clean"], v["clean"]),
+        "corruptions": {"fog": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1,
+                                "severities": {1: {"delta": 0.25, "p_value": 0.5,
+                                                   "gained": 1, "lost": 0},
+                                               2: {"delta": 0.0, "p_value": 1.0,
+                                                   "gained": 1, "lost": 1}}}},
+        "mean_corruption": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1},
+        "mce": -0.2,
+        "robust": {"pgd": {"delta": 0.25, "p_value": 1.0, "gained": 1, "lost": 0}},
+    }  # fmt: skip
+    patch = {"name": "fog", "alpha": 0.8, "scale": 1.0, "fingerprint": "ab" * 32, "source": ""}
+    fog = Variant(
+        "fog@0.8", [patch], 0.75, {"fog": {1: 0.75, 2: 0.25}}, 0.5, 0.8, {"pgd": 0.5}, vs, v
+    )
+    return Report([base, fog], {"data": "digits", "seed": 0, "inputs_sha256": "0" * 64})
