@@ -1,8 +1,4 @@
-"""``rws similarity`` and ``rws identify``: parse, call :mod:`rws.analysis`, render.
-
-Registered by ``rws/cli.py`` as ``app.command("similarity")(similarity_command)`` and
-``app.command("identify")(identify_command)``; errors reach its one error boundary.
-"""
+"""``rws similarity`` and ``rws identify``: signatures compared, and matched to known corruptions."""
 
 from __future__ import annotations
 
@@ -13,9 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from rws.analysis import SignatureLibrary, identify, plot_similarity, similarity
+from rws.analysis.identify import Identification
 from rws.analysis.similarity import Matrix
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+from rws.cli.console import out
+from rws.cli.options import IdentifyMethodOpt, JsonOpt, PlotOpt
+from rws.io.checkpoint import check_output_path
+from rws.io.figures import save_figure
+from rws.patching.patch import load
 
 
 def _matrix_table(title: str, labels: tuple[str, ...], matrix: Matrix) -> Table:
@@ -27,9 +28,7 @@ def _matrix_table(title: str, labels: tuple[str, ...], matrix: Matrix) -> Table:
 
 def similarity_command(
     patches: Annotated[list[str], typer.Argument(help="Two or more signature patch files.")],
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Heatmap PNG (overall and per layer).")
-    ] = None,
+    plot: PlotOpt = None,
     per_layer: Annotated[
         bool, typer.Option("--per-layer", help="Also show one matrix per layer.")
     ] = False,
@@ -37,17 +36,13 @@ def similarity_command(
 ) -> None:
     """Cosine similarity of signatures on the tensors they share, overall and per layer.
 
+    --plot draws heatmaps (overall and per layer).
+
     Example: rws similarity fog-1.rws.safetensors fog-2.rws.safetensors snow.rws.safetensors --plot sim.png
     """
-    import rws
-    from rws.analysis import plot_similarity, similarity
-    from rws.cli.app import out
-    from rws.io.checkpoint import check_output_path
-    from rws.io.figures import save_figure
-
     if plot is not None:
         check_output_path(plot, patches)
-    res = similarity([rws.load(p) for p in patches], per_layer=per_layer or plot is not None)
+    res = similarity([load(p) for p in patches], per_layer=per_layer or plot is not None)
     if plot is not None:
         save_figure(plot_similarity(res), plot)
     if as_json:
@@ -65,37 +60,37 @@ def similarity_command(
         out.print(f"wrote {plot}", markup=False)
 
 
-def identify_command(
-    patch: Annotated[str, typer.Argument(help="Signature patch file to identify.")],
-    library: Annotated[
-        Path, typer.Option("--library", help="Folder of labelled signatures (index.json).")
-    ] = Path("signatures"),
-    method: Annotated[
-        str, typer.Option(help="centroid (cosine to class means), knn or logistic.")
-    ] = "centroid",
-    as_json: JsonOpt = False,
-) -> None:
-    """Which known corruption a signature comes from, with a confidence.
-
-    Example: rws identify new.rws.safetensors --library signatures/ --method knn
-    """
-    import rws
-    from rws.analysis import SignatureLibrary, identify
-    from rws.cli.app import out
-
-    lib = SignatureLibrary.from_folder(library)
-    res = identify(rws.load(patch), lib, method=method)
-    if as_json:
-        out.print_json(json.dumps(res.to_dict()))
-        return
+def _render_identification(patch: str, res: Identification, signatures: int) -> None:
     t = Table("#", "corruption", "probability", "centroid cosine")
     for i, (c, p) in enumerate(res.ranking, 1):
         t.add_row(str(i), c, f"{p:.3f}", f"{res.similarities[c]:.3f}")
     out.print(t)
     out.print(
         f"{patch}: {res.corruption} (confidence {res.confidence:.2f}, {res.method}, "
-        f"{len(lib)} signatures, {res.tensors} tensors); nearest: {res.nearest[0]} "
+        f"{signatures} signatures, {res.tensors} tensors); nearest: {res.nearest[0]} "
         f"(cosine {res.nearest[1]:.3f})",
         markup=False,
         soft_wrap=True,
     )
+
+
+def identify_command(
+    patch: Annotated[str, typer.Argument(help="Signature patch file to identify.")],
+    library: Annotated[
+        Path, typer.Option("--library", help="Folder of labelled signatures (index.json).")
+    ] = Path("signatures"),
+    method: IdentifyMethodOpt = "centroid",
+    as_json: JsonOpt = False,
+) -> None:
+    """Which known corruption a signature comes from, with a confidence.
+
+    --method: centroid (cosine to class means), knn or logistic.
+
+    Example: rws identify new.rws.safetensors --library signatures/ --method knn
+    """
+    lib = SignatureLibrary.from_folder(library)
+    res = identify(load(patch), lib, method=method)  # type: ignore[arg-type]
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+    else:
+        _render_identification(patch, res, len(lib))

@@ -1,8 +1,4 @@
-"""``rws push`` and ``rws pull``: parse, call :mod:`rws.hub.client`, render.
-
-Registered by ``rws/cli.py`` as ``app.command("push")(push_command)`` and
-``app.command("pull")(pull_command)``; errors reach its one error boundary (Hub failures exit 6).
-"""
+"""``rws push`` and ``rws pull``: patches to and from a Hugging Face Hub model repo."""
 
 from __future__ import annotations
 
@@ -11,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from rws.cli.console import out
+from rws.hub.client import pull, push
+
 EndpointOpt = Annotated[
     str | None,
     typer.Option(
@@ -18,7 +17,6 @@ EndpointOpt = Annotated[
         help="Hub URL (default: $RWS_HF_ENDPOINT, else $HF_ENDPOINT, else https://huggingface.co).",
     ),
 ]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit.")]
 
 
 def push_command(
@@ -43,10 +41,7 @@ def push_command(
 
     Example: rws push fog.rws.safetensors --repo org/resnet20-fog --report eval.json
     """
-    import rws
-    from rws.cli.app import out
-
-    res = rws.push(
+    res = push(
         patches, repo, private=private, revision=revision, message=message, report=report,
         endpoint=endpoint,
     )  # fmt: skip
@@ -59,8 +54,12 @@ def push_command(
 
 
 def pull_command(
-    ref: Annotated[str, typer.Argument(help="ORG/NAME[/FILE][@REV], with or without hf://.")],
-    revision: RevisionOpt = None,
+    ref: Annotated[
+        str, typer.Argument(help=r"ORG/NAME\[/FILE]\[@REV], with or without hf://.")
+    ],  # \[ : a literal bracket in rich markup
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch, tag or commit.")
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Also copy the files into this folder (atomically)."),
@@ -73,8 +72,5 @@ def pull_command(
 
     Example: rws pull org/resnet20-fog/fog.rws.safetensors -o patches/
     """
-    import rws
-    from rws.cli.app import out
-
-    for path in rws.pull(ref, revision=revision, output_dir=output, endpoint=endpoint):
+    for path in pull(ref, revision=revision, output_dir=output, endpoint=endpoint):
         out.print(str(path), markup=False, soft_wrap=True)

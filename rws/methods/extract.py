@@ -8,7 +8,7 @@ from typing import Any
 
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
-from rws.methods import METHODS
+from rws.methods.registry import get_method
 from rws.patching import codecs
 from rws.patching.patch import Patch, encode_deltas, provenance
 from rws.patching.selection import (
@@ -63,11 +63,23 @@ def layer_deltas(
     method: str = "delta",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    **options: Any,
+    options: Any = None,
+    **method_options: Any,
 ) -> list[LayerDelta]:
-    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows)."""
+    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows).
+
+    Args:
+        base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
+        method: a registered method; ``options`` (its options dataclass) or keywords configure it.
+        include, exclude: tensor-name globs.
+
+    Returns:
+        One :class:`LayerDelta` per layer, shallowest first.
+    """
+    m = get_method(method)
+    opts = m.resolve_options(options, method_options)
     b, t, names = _open_pair(base, tuned, include, exclude)
-    delta_of, _ = METHODS.get(method).prepare(b, t, **options)
+    delta_of, _ = m.prepare(b, t, opts)
     layers = group_layers(names, b.shape)
     energy = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
     return [_layer_delta(layer, energy) for layer in layers]
@@ -93,13 +105,14 @@ def extract(
     name: str = "",
     description: str = "",
     tags: Mapping[str, str] | None = None,
-    **options: Any,
+    options: Any = None,
+    **method_options: Any,
 ) -> Patch:
     """Extract a patch that turns ``base`` into ``tuned`` on the selected tensors.
 
     Args:
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
-        method: a registered method (``rws.list_methods()``); extra keywords go to it.
+        method: a registered method (``rws.list_methods()``).
         codec: ``fp32`` (default, lossless), ``fp16``, ``bf16``, ``int8``, ``bnb8``, ``nf4``,
             ``fp4``.
         blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
@@ -107,19 +120,26 @@ def extract(
         energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖².
         include, exclude: tensor-name globs applied before layer selection.
         name, description, tags: labels stored in the patch metadata.
+        options: the method's options dataclass (e.g. ``RwsOptions(origin=w0)``); or give them
+            as keywords (``origin=w0``), not both.
 
     Returns:
         The patch; tensors whose delta is exactly zero are not stored (``patch.skipped``).
+
+    Raises:
+        UsageError: an option the method does not take, a bad value, both selections given.
+        UnknownNameError: an unknown method or codec.
 
     Example:
         >>> patch = rws.extract(clean_model, tuned_model, codec="int8", shallow=3)  # doctest: +SKIP
     """
     if shallow is not None and energy is not None:
         raise UsageError("choose one of --shallow and --energy, not both")
-    codecs.CODECS.entry(codec)
-    m = METHODS.get(method)
+    blockwise = codecs.get_codec(codec).blockwise
+    m = get_method(method)
+    opts = m.resolve_options(options, method_options)
     b, t, names = _open_pair(base, tuned, include, exclude)
-    delta_of, facts = m.prepare(b, t, **options)
+    delta_of, facts = m.prepare(b, t, opts)
     layers = group_layers(names, b.shape)
     if shallow is not None:
         layers = first_layers(layers, shallow)
@@ -135,13 +155,14 @@ def extract(
     return Patch(
         tensors=tensors,
         kind=m.kind,
+        scale=opts.scale,
         name=name,
         description=description,
         tags=dict(tags or {}),
         provenance=provenance(
             method=method,
             codec=codec,
-            blocksize=blocksize if codec in ("int8", "bnb8", "nf4", "fp4") else None,
+            blocksize=blocksize if blockwise else None,
             selection=selection,
             base=describe_source(base),
             tuned=describe_source(tuned),

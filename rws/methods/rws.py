@@ -30,14 +30,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
-from rws.methods.registry import DeltaFn, register_method
+from rws.methods.registry import DeltaFn, NoOptions, register_method
 from rws.patching.arith import compute_dtype, exact_delta
 from rws.patching.selection import module_of
 
@@ -93,48 +94,61 @@ def _fetch(ck: Checkpoint, name: str, shape: tuple[int, ...], role: str) -> torc
     return ck.get(name)
 
 
+@dataclass(frozen=True)
+class RwsOptions(NoOptions):
+    """Options of ``rws``.
+
+    Attributes:
+        origin: the shared start ``W0`` of the clean and robust models; None means the robust
+            model was fine-tuned from the clean one (no projection: the plain delta).
+        robust: more robust models of the same corruption (a source or a sequence of sources,
+            stored as a tuple); the signature is the mean over all of them.
+        bn: BatchNorm handling: ``average``, ``delta`` or ``skip`` (see the module doc).
+
+    Raises:
+        UsageError: an unknown ``bn`` mode.
+    """
+
+    labels: ClassVar[dict[str, str]] = {"robust": "more than one TUNED checkpoint"}
+
+    origin: Source | None = None
+    robust: Source | Sequence[Source] | None = ()
+    bn: BnMode = "average"
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise UsageError(f"--bn {self.bn!r}: choose one of {', '.join(BN_MODES)}")
+        object.__setattr__(self, "robust", tuple(_as_sources(self.robust)))
+
+
 @register_method(
     "rws",
     kind="rws",
+    options=RwsOptions,
     summary="Robust Weight Signature: robust − origin, clean direction projected out",
     url="https://arxiv.org/abs/2302.12480",
 )
 def prepare_rws(
-    base: Checkpoint,
-    tuned: Checkpoint,
-    *,
-    origin: Source | None = None,
-    robust: Source | Sequence[Source] | None = None,
-    bn: BnMode = "average",
-    **unknown: Any,
+    base: Checkpoint, tuned: Checkpoint, options: RwsOptions
 ) -> tuple[DeltaFn, dict[str, Any]]:
     """Robust Weight Signature of ``tuned`` (robust) against ``base`` (clean); see the module doc.
 
     Args:
         base: the clean model ``Wc`` (the checkpoint the patch is applied to).
         tuned: a robust model ``Wk`` fine-tuned from the origin on one corruption.
-        origin: the shared start ``W0`` of both; ``None`` means ``tuned`` was fine-tuned from
-            ``base`` (no projection: the plain delta).
-        robust: more robust models of the same corruption; the signature is the mean of all.
-        bn: BatchNorm handling: ``average``, ``delta`` or ``skip``.
+        options: origin, more robust models and the BatchNorm mode (:class:`RwsOptions`).
 
     Returns:
         ``(delta_of, facts)``: ``delta_of(name)`` is the signature of one tensor (compute dtype of
         the base tensor); facts are ``projection``, ``bn``, ``origin`` and ``robust``.
 
     Raises:
-        UsageError: an unknown option or ``bn`` value.
         MissingTensorError, ShapeMismatchError: (when a tensor is asked for) the origin or an
             extra robust model lacks it or has another shape.
     """
-    if unknown:
-        raise UsageError(
-            f"method 'rws' takes origin, robust and bn (got {', '.join(sorted(unknown))})"
-        )
-    if bn not in BN_MODES:
-        raise UsageError(f"--bn {bn!r}: choose one of {', '.join(BN_MODES)}")
+    origin, bn = options.origin, options.bn
     w0 = open_checkpoint(origin) if origin is not None else None
-    models = [tuned, *(open_checkpoint(s) for s in _as_sources(robust))]
+    models = [tuned, *(open_checkpoint(s) for s in options.robust)]
     bn_names = batchnorm_tensors(base)
 
     def delta_of(name: str) -> torch.Tensor:
@@ -160,9 +174,7 @@ def prepare_rws(
         "robust": [describe_source(m) for m in models],
         "signature": "mean over robust models of dk − (<dk,dc>/<dc,dc>)·dc; patch W = Wc + α·RWS",
     }
-    trained = _training_facts(
-        tuned
-    )  # arch, dataset, corruption, severity when `rws finetune` made it
+    trained = _training_facts(tuned)  # arch, data, corruption … when `rws finetune` made it
     if trained:
         facts["trained"] = trained
     return delta_of, facts

@@ -1,8 +1,11 @@
 """Re-estimate a patched checkpoint's BatchNorm statistics on (corrupted) data, as the RWS
-reference does for ResNets after patching (``rws apply --recalibrate-bn DATA``)."""
+reference does for ResNets after patching (``rws apply --recalibrate-bn DATA``): on a file
+(:func:`recalibrate_file`) or as the second half of one atomic apply (:func:`apply_and_recalibrate`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -11,12 +14,18 @@ import torch
 
 from rws.data import load_dataset
 from rws.errors import CheckpointError, UsageError
-from rws.io.checkpoint import open_checkpoint
-from rws.io.safetensors_io import save_tensors
+from rws.io.atomic import atomic_output
+from rws.io.checkpoint import Source, check_output_path, open_checkpoint
+from rws.io.safetensors_write import save_tensors
 from rws.models import load_model
-from rws.training.train import recalibrate_bn
+from rws.patching.files import FileResult, apply_file
+from rws.patching.patch import Patch, as_items
+from rws.robustness.corruptions.severity import severity_range
+from rws.training.bn import recalibrate_bn
 
 RECALIBRATED_KEY = "rws.recalibrated_bn"
+
+__all__ = ["RECALIBRATED_KEY", "apply_and_recalibrate", "recalibrate_file"]
 
 
 def recalibrate_file(
@@ -60,3 +69,55 @@ def recalibrate_file(
     metadata[RECALIBRATED_KEY] = json.dumps(info)
     save_tensors(output, model.state_dict(), metadata)
     return info
+
+
+def apply_and_recalibrate(
+    base: Source,
+    patches: Sequence[Patch | tuple[Patch, float]],
+    output: str | os.PathLike,
+    *,
+    arch: str | None,
+    data: str = "digits",
+    severity: int | tuple[int, int] = (5, 5),
+    seed: int = 0,
+    force: bool = False,
+    clamp_var: bool = False,
+) -> tuple[FileResult, dict[str, object]]:
+    """Apply ``patches`` to ``base``, then re-estimate its BatchNorm statistics: one atomic output.
+
+    The training images of ``data`` are corrupted by the patches' ``corruption`` tags (when they
+    have any) at ``severity`` (:func:`recalibrate_file`). Both steps run on a temporary file
+    renamed into place only when both succeed: on any error nothing is written.
+
+    Args:
+        base: the checkpoint to patch.
+        patches: patches, or ``(patch, α)`` pairs.
+        output: the ``.safetensors`` file to write.
+        arch: the model the checkpoint loads into (required; None is a usage error).
+        data, severity, seed: the recalibration data, the severity (or range) of its
+            corruptions, and the seed of their draws.
+        force, clamp_var: as for :func:`rws.patching.files.apply_file`.
+
+    Returns:
+        ``(result, info)``: the apply result (its ``output`` is ``output``) and what was recorded
+        under ``rws.recalibrated_bn``.
+
+    Raises:
+        UsageError: no ``arch``, a bad severity, or an architecture without BatchNorm.
+        CheckpointError: the patched checkpoint does not fit ``arch`` (named ``BASE + patches``).
+
+    Example:
+        >>> res, info = apply_and_recalibrate("clean.safetensors", [fog], "out.safetensors",
+        ...                                   arch="resnet20", data="cifar10:data")  # doctest: +SKIP
+    """
+    if arch is None:
+        raise UsageError("--recalibrate-bn needs --arch (the model to run the data through)")
+    severity = severity_range(severity)
+    items = as_items(patches)
+    check_output_path(output, [base, *[p.source for p, _ in items if p.source]])
+    tags = [p.tags["corruption"] for p, _ in items if "corruption" in p.tags]
+    with atomic_output(output) as tmp:  # both steps or nothing
+        res = apply_file(base, items, tmp, force=force, clamp_var=clamp_var)
+        info = recalibrate_file(tmp, tmp, arch=arch, data=data, corruptions=tags,
+                                severity=severity, seed=seed, label=f"{base} + patches")  # fmt: skip
+    return dataclasses.replace(res, output=os.fspath(output)), info

@@ -13,11 +13,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import rws
-import rws.methods.rws  # registers the method until rws.methods imports it
 from rws.data import load_digits
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.io.checkpoint import open_checkpoint
-from rws.methods import METHODS
+from rws.methods import RwsOptions, get_method
 from rws.methods.rws import batchnorm_tensors, projection_out
 from rws.models import create_model
 
@@ -98,8 +97,8 @@ WK = _sd(a_weight=[[4.0, 3.0], [3.0, 4.0]], a_bias=[1.5, -0.5])  # dk = (3, 1, 0
 
 
 def test_projection_matches_hand_computation() -> None:
-    delta_of, facts = METHODS.get("rws").prepare(
-        open_checkpoint(WC), open_checkpoint(WK), origin=W0
+    delta_of, facts = get_method("rws").prepare(
+        open_checkpoint(WC), open_checkpoint(WK), RwsOptions(origin=W0)
     )
     # dk = (3,1,0,0), dc = (1,0,0,0): <dk,dc>/<dc,dc> = 3, RWS = (0,1,0,0)
     assert torch.equal(delta_of("a.weight"), torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
@@ -284,7 +283,7 @@ def test_signature_restores_robustness_on_its_corruption(corruption: str, margin
 def test_training_facts_of_a_finetuned_robust_checkpoint_reach_the_provenance(tmp_path) -> None:
     import json as _json
 
-    from rws.io.safetensors_io import save_tensors
+    from rws.io.safetensors_write import save_tensors
 
     g = torch.Generator().manual_seed(5)
     clean = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g)}

@@ -13,9 +13,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rws.cli.app import _Group
-from rws.cli.eval import eval_command, parse_corruptions, parse_severities
+from rws.cli.eval import eval_command
+from rws.cli.options import parse_corruptions
 from rws.errors import UsageError
 from rws.models import create_model
+from rws.robustness.corruptions import CORRUPTIONS
+from rws.robustness.corruptions.severity import parse_severities
 from rws.robustness.report import Report
 from tests.robustness.conftest import hand_report as _hand_report
 from tests.robustness.test_evaluate import trained_models
@@ -115,8 +118,8 @@ def test_option_parsers() -> None:
     for bad in ("0", "1-6", "3-1", "a", ""):
         with pytest.raises(UsageError, match="--severities"):
             parse_severities(bad)
-    assert parse_corruptions("all") == "all" and parse_corruptions("none") is None
-    assert parse_corruptions("fog, snow") == ["fog", "snow"]
+    assert parse_corruptions("all") == CORRUPTIONS and parse_corruptions("none") == ()
+    assert parse_corruptions("fog, snow") == ("fog", "snow")
 
 
 # --- the command --------------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""``rws list codecs|methods|models|attacks|corruptions``: what each registry holds."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rws.cli.console import out
+from rws.cli.options import JsonOpt, choice
+from rws.methods import METHODS
+from rws.models import MODELS
+from rws.patching.codecs import CODECS
+from rws.registry import Registry
+from rws.robustness.attacks import ATTACKS
+from rws.robustness.corruptions import CORRUPTION_REGISTRY
+
+REGISTRIES: dict[str, Registry] = {
+    "codecs": CODECS,
+    "methods": METHODS,
+    "models": MODELS,
+    "attacks": ATTACKS,
+    "corruptions": CORRUPTION_REGISTRY,
+}
+
+
+def list_command(
+    kind: Annotated[
+        str, choice(help="What to list.", kind="registry", names=[*REGISTRIES], argument=True)
+    ] = "codecs",
+    pattern: Annotated[str, typer.Argument(help="Only names matching this glob.")] = "*",
+    as_json: JsonOpt = False,
+) -> None:
+    """List registered codecs, methods, models, attacks or corruptions with their summaries.
+
+    Example: rws list corruptions '*blur' --json
+    """
+    registry = REGISTRIES[kind]
+    rows = [registry.entry(n) for n in registry.names(pattern)]
+    if as_json:
+        out.print_json(
+            json.dumps([{"name": e.name, "summary": e.summary, "url": e.url} for e in rows])
+        )
+        return
+    t = Table("name", "summary")
+    for e in rows:
+        t.add_row(e.name, e.summary)
+    out.print(t)

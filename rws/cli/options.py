@@ -1,0 +1,285 @@
+"""Every option shared by several commands, declared once as an ``Annotated`` alias.
+
+Choices come from the registries (``rws list …``): ``--help`` shows them as ``<a|b|c>``, the
+shell completes them, and an unknown value is the library's one-line ``UnknownNameError``
+(``error: unknown codec 'int7'; choose one of: …``, exit 2) raised from the option's callback,
+so it reaches the app's error boundary. (A ``Literal``/``Enum`` annotation would show the same
+metavar, but its failed conversion prints Click's multi-line usage panel instead.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rws.analysis.identify import IDENTIFY_METHODS
+from rws.data import DATASET_SPECS
+from rws.errors import UnknownNameError, UsageError
+from rws.methods import list_methods
+from rws.methods.rws import BN_MODES
+from rws.models import list_models
+from rws.patching.codecs import get_codec, list_codecs
+from rws.recipes.alpha import METRICS, parse_criterion
+from rws.robustness.attacks import list_attacks
+from rws.robustness.corruptions import CORRUPTIONS, list_corruptions
+from rws.training.config import OPTIMIZERS, SCHEDULES
+
+_COMPOSITE = ":"  # registered names never hold one; "module:factory", "timm:NAME", "cifar10:DIR" do
+
+
+def _metavar(names: Sequence[str]) -> str:
+    return "<" + "|".join(names) + ">"
+
+
+def _completer(names: Sequence[str], *, listed: bool = False) -> Callable[[str], list[str]]:
+    def complete(incomplete: str) -> list[str]:
+        head, sep, last = incomplete.rpartition(",") if listed else ("", "", incomplete)
+        return [head + sep + n for n in names if n.startswith(last)]
+
+    return complete
+
+
+def _checker(
+    kind: str,
+    names: Sequence[str],
+    *,
+    listed: bool = False,
+    open_ended: bool = False,
+    keywords: Sequence[str] = (),
+    hints: Mapping[str, str] | None = None,
+) -> Callable[[typer.Context, Any], Any]:
+    def check(ctx: typer.Context, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing:  # nothing given, or completing the line
+            return value
+        items = value.split(",") if listed else [value]
+        for item in (i.strip() for i in items):
+            known = item in names or item in keywords or (open_ended and _COMPOSITE in item)
+            if item and not known:
+                error = UnknownNameError(kind, item, list(names))
+                if hints and item in hints:
+                    error.args = (f"{error}; {hints[item]}",)
+                raise error
+        return value
+
+    return check
+
+
+def choice(
+    *decls: str,
+    help: str,
+    kind: str,
+    names: Sequence[str],
+    listed: bool = False,
+    open_ended: bool = False,
+    metavar: str | None = None,
+    keywords: Sequence[str] = (),
+    hints: Mapping[str, str] | None = None,
+    argument: bool = False,
+) -> Any:
+    """A ``typer.Option`` (or ``typer.Argument``) over registered names.
+
+    Args:
+        decls: option names (``"--method"``); empty: from the parameter.
+        help: the help text (the choices are shown by the metavar, not typed here).
+        kind: what a name is, for the error message (``"codec"``).
+        names: the valid names.
+        listed: the value is a comma-separated list of names.
+        open_ended: values holding ``:`` (``module:factory``, ``timm:NAME``) pass unchecked.
+        metavar: shown instead of ``<name|name|…>``.
+        keywords: values accepted besides the names (``all``, ``none``), not listed in errors.
+        hints: name → advice appended to the error (a removed name and where it went).
+        argument: a positional argument rather than an option.
+    """
+    make = typer.Argument if argument else typer.Option
+    return make(
+        *decls,
+        help=help,
+        metavar=metavar or _metavar([*keywords, *names]),
+        callback=_checker(
+            kind, names, listed=listed, open_ended=open_ended, keywords=keywords, hints=hints
+        ),
+        autocompletion=_completer([*keywords, *names], listed=listed),
+    )
+
+
+def _criterion(ctx: typer.Context, value: str | None) -> str | None:
+    if value is not None and not ctx.resilient_parsing:
+        parse_criterion(value)  # UsageError naming the bad metric or weight
+    return value
+
+
+# --- files and output ---------------------------------------------------------------------------
+OutputOpt = Annotated[
+    Path, typer.Option("--output", "-o", help="Output file (written atomically).")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Apply even where base fingerprints differ (warns).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Also draw the figure to this file (.png/.svg/.pdf).")
+]
+
+# --- patches ------------------------------------------------------------------------------------
+CodecOpt = Annotated[
+    str, choice(help="Delta codec (fp32 is lossless).", kind="codec", names=list_codecs())
+]
+BlocksizeOpt = Annotated[
+    int,
+    typer.Option(
+        help="Elements per quantization block ("
+        + "/".join(c for c in list_codecs() if get_codec(c).blockwise)
+        + ")."
+    ),
+]
+MethodOpt = Annotated[
+    str,
+    choice(
+        help="How to make the delta.",
+        kind="method",
+        names=list_methods(),
+        hints={"rift": "RiFT (MRC, module fine-tuning, α) is its own command: rws rift --help"},
+    ),
+]
+BnOpt = Annotated[
+    str | None,
+    choice(
+        help="--method rws: BatchNorm tensors (default average).", kind="bn mode", names=BN_MODES
+    ),
+]
+IncludeOpt = Annotated[
+    list[str] | None, typer.Option("--include", help="Tensor-name glob to keep (repeatable).")
+]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", help="Tensor-name glob to drop (repeatable).")
+]
+NameOpt = Annotated[str, typer.Option(help="Patch name stored in its metadata.")]
+TagOpt = Annotated[list[str] | None, typer.Option(help="key=value label (repeatable).")]
+DescriptionOpt = Annotated[str, typer.Option(help="Free text stored in the metadata.")]
+
+# --- models, data, devices ----------------------------------------------------------------------
+_ARCH = choice(
+    help="Architecture: a registered model, module.path:factory or timm:NAME.",
+    kind="model",
+    names=list_models(),
+    open_ended=True,
+    metavar="<MODEL|module:factory|timm:NAME>",
+)
+ArchOpt = Annotated[str, _ARCH]
+MaybeArchOpt = Annotated[str | None, _ARCH]
+_DATA = typer.Option(help="Dataset: " + ", ".join(DATASET_SPECS) + ".")
+DataOpt = Annotated[str, _DATA]
+MaybeDataOpt = Annotated[str | None, _DATA]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda[:n] or auto.")]
+SeedOpt = Annotated[
+    int,
+    typer.Option(help="Seed of every random draw (initialisation, data, corruptions, attacks)."),
+]
+
+# --- corruptions and attacks --------------------------------------------------------------------
+CorruptionsOpt = Annotated[
+    str,
+    choice(
+        help="Corruptions: all (the 15 benchmark ones), none, or a list such as fog,snow.",
+        kind="corruption",
+        names=list_corruptions(),
+        keywords=("all", "none"),
+        listed=True,
+        metavar="<all|none|NAME,…>",
+    ),
+]
+SeverityOpt = Annotated[str, typer.Option(help="Severity S, or a range LO-HI drawn per batch.")]
+SeveritiesOpt = Annotated[str, typer.Option(help="Severities: a range 1-5 or a list 1,3,5.")]
+AttackOpt = Annotated[
+    str, choice(help="Attack (or none).", kind="attack", names=list_attacks(), keywords=("none",))
+]
+EpsOpt = Annotated[str, typer.Option(help="Attack radius (L∞), e.g. 8/255 or 0.03.")]
+
+# --- training -----------------------------------------------------------------------------------
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the training split.")]
+LrOpt = Annotated[float, typer.Option(help="Initial learning rate.")]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum (Adam's β1).")]
+DecayOpt = Annotated[float, typer.Option(help="L2 weight decay.")]
+BatchOpt = Annotated[int, typer.Option(help="Images per step.")]
+OptimizerOpt = Annotated[str, choice(help="Optimizer.", kind="optimizer", names=OPTIMIZERS)]
+ScheduleOpt = Annotated[
+    str,
+    choice(
+        help="Learning-rate schedule (step: ×0.1 at 40% and 80%).",
+        kind="lr schedule",
+        names=SCHEDULES,
+    ),
+]
+CheckpointDirOpt = Annotated[
+    Path | None, typer.Option(help="Checkpoint every epoch here; rerun to resume.")
+]
+StartWeightsOpt = Annotated[
+    str | None, typer.Option("--weights", help="Starting checkpoint; without it, the seeded init.")
+]
+
+# --- α search -----------------------------------------------------------------------------------
+CriterionOpt = Annotated[
+    str,
+    typer.Option(
+        help="α rule: one metric or a weighted sum such as clean=1,corrupted=1.",
+        metavar="<" + "|".join(METRICS) + "|a=1,b=1>",
+        callback=_criterion,
+        autocompletion=_completer(METRICS, listed=True),
+    ),
+]
+IdentifyMethodOpt = Annotated[
+    str, choice(help="How to match.", kind="identification method", names=IDENTIFY_METHODS)
+]
+
+
+# --- argument syntax ----------------------------------------------------------------------------
+def parse_patch_arg(spec: str) -> tuple[str, float | None]:
+    """``"fog.safetensors:0.8"`` → ``("fog.safetensors", 0.8)``; no ``:α`` → ``(path, None)``.
+
+    Example:
+        >>> parse_patch_arg("hf://org/repo/fog.safetensors")
+        ('hf://org/repo/fog.safetensors', None)
+    """
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try:
+            alpha = float(tail)
+        except ValueError:
+            return spec, None
+        return path, alpha
+    return spec, None
+
+
+def parse_tags(items: Sequence[str] | None) -> dict[str, str]:
+    """``["corruption=fog"]`` → ``{"corruption": "fog"}``.
+
+    Raises:
+        UsageError: an item without ``=`` or without a key.
+    """
+    tags = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--tag {item!r}: expected key=value")
+        tags[key] = value
+    return tags
+
+
+def parse_corruptions(text: str, *, option: str = "--corruptions") -> tuple[str, ...]:
+    """``"all"`` → the 15 benchmark corruptions; ``"none"`` → ``()``; ``"fog, snow"`` → both.
+
+    Raises:
+        UsageError: no name at all.
+    """
+    text = text.strip()
+    if text == "none":
+        return ()
+    if text == "all":
+        return CORRUPTIONS
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not names:
+        raise UsageError(f"{option} {text!r}: give corruption names, all or none")
+    return names

@@ -1,0 +1,296 @@
+"""``rws extract|apply|remove|compose|scale|inspect|diff``: patch files in, patch files out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rws.cli.console import err, out
+from rws.cli.options import (
+    BlocksizeOpt,
+    BnOpt,
+    CodecOpt,
+    CriterionOpt,
+    DescriptionOpt,
+    DeviceOpt,
+    ExcludeOpt,
+    ForceOpt,
+    IncludeOpt,
+    JsonOpt,
+    MaybeArchOpt,
+    MaybeDataOpt,
+    MethodOpt,
+    NameOpt,
+    OutputOpt,
+    PlotOpt,
+    SeverityOpt,
+    TagOpt,
+    parse_patch_arg,
+    parse_tags,
+)
+from rws.cli.render import (
+    alpha_table,
+    layer_table,
+    patch_summary,
+    print_checkpoint,
+    print_patch,
+)
+from rws.errors import UsageError
+from rws.io.checkpoint import check_output_path
+from rws.io.figures import save_figure
+from rws.methods import InterpolationOptions, method_options
+from rws.methods.extract import extract as extract_patch
+from rws.methods.extract import layer_deltas
+from rws.patching.describe import describe
+from rws.patching.files import apply_file, remove_file
+from rws.patching.patch import Patch, load
+from rws.patching.patch import compose as compose_patches
+from rws.recipes.interpolation import interpolate
+from rws.robustness.corruptions.severity import parse_severity
+from rws.training.recalibrate import apply_and_recalibrate
+
+
+def load_patch_args(specs: list[str]) -> list[tuple[Patch, float | None]]:
+    """``PATH[:α]`` arguments → loaded patches with their α (None: not given)."""
+    return [(load(p), a) for p, a in map(parse_patch_arg, specs)]
+
+
+def _with_alpha(specs: list[str]) -> list[tuple[Patch, float]]:
+    return [(p, 1.0 if a is None else a) for p, a in load_patch_args(specs)]
+
+
+def extract(
+    base: Annotated[str, typer.Argument(help="Base checkpoint (.safetensors, folder, .pt/.bin).")],
+    tuned: Annotated[
+        list[str],
+        typer.Argument(help="Fine-tuned checkpoint(s); several only with --method rws (averaged)."),
+    ],
+    output: OutputOpt,
+    method: MethodOpt = "delta",
+    origin: Annotated[
+        str | None, typer.Option(help="--method rws: the origin W0 both models were tuned from.")
+    ] = None,
+    bn: BnOpt = None,
+    alpha: Annotated[
+        str | None,
+        typer.Option(help="--method interpolation: the scale α, or auto (needs --data)."),
+    ] = None,
+    data: MaybeDataOpt = None,
+    arch: MaybeArchOpt = None,
+    criterion: CriterionOpt = "clean",
+    max_robust_drop: Annotated[
+        float | None, typer.Option(help="--alpha auto: largest PGD-accuracy fall (fraction).")
+    ] = None,
+    plot: PlotOpt = None,
+    device: DeviceOpt = "auto",
+    codec: CodecOpt = "fp32",
+    blocksize: BlocksizeOpt = 64,
+    shallow: Annotated[int | None, typer.Option(help="Keep the first K layers.")] = None,
+    energy: Annotated[
+        float | None, typer.Option(help="Keep the shallowest layers holding this energy share.")
+    ] = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    name: NameOpt = "",
+    tag: TagOpt = None,
+    description: DescriptionOpt = "",
+) -> None:
+    """Extract the delta TUNED − BASE (or a Robust Weight Signature) into a patch file.
+
+    Example: rws extract clean.safetensors fog.safetensors -o fog.rws.safetensors --codec int8 --shallow 3
+
+    Signature: rws extract --method rws --origin w0.safetensors clean.safetensors fog-1.safetensors
+    fog-2.safetensors -o fog.rws.safetensors (the projection of REFERENCES: RWS = dk − proj_dc dk)
+
+    Interpolation (α given, or chosen on --data): rws extract --method interpolation --alpha auto
+    --data digits --arch small-cnn at.safetensors tuned.safetensors -o wise.safetensors
+
+    RiFT is its own command: rws rift.
+    """
+    check_output_path(output, [base, *tuned, *([origin] if origin else [])])
+    if plot is not None:
+        check_output_path(plot, [base, *tuned])
+    given = {"origin": origin, "robust": tuned[1:], "bn": bn, "alpha": alpha}
+    options = method_options(method, given)
+    if alpha not in (None, "auto") and (data or plot or max_robust_drop is not None):
+        raise UsageError("--data, --plot and --max-robust-drop go with --alpha auto")
+    common = dict(codec=codec, blocksize=blocksize, shallow=shallow, energy=energy,
+                  include=include, exclude=exclude, name=name, description=description,
+                  tags=parse_tags(tag))  # fmt: skip
+    if isinstance(options, InterpolationOptions):
+        patch = interpolate(
+            base, tuned[0], alpha=options.alpha, data=data, arch=arch, criterion=criterion,
+            max_robust_drop=max_robust_drop, device=device, progress=True, **common,
+        )  # fmt: skip
+    else:
+        patch = extract_patch(base, tuned[0], method=method, options=options, **common)
+    patch.save(output)
+    _render_extract(patch, output, plot)
+
+
+def _render_extract(patch: Patch, output: Path, plot: Path | None) -> None:
+    if "alpha_curve" in patch.provenance:
+        from rws.recipes.alpha import AlphaCurve
+        from rws.recipes.plots import plot_alpha_curve
+
+        curve = AlphaCurve.from_dict(patch.provenance["alpha_curve"])
+        out.print(alpha_table(curve))
+        if plot is not None:
+            save_figure(plot_alpha_curve(curve, title="interpolation"), plot)
+            out.print(f"wrote {plot}", markup=False)
+    if patch.kind == "rws" and not patch.provenance.get("projection", True):
+        err.print(
+            "note: no --origin: the signature is the plain delta TUNED − BASE (no projection)"
+        )
+    out.print(f"wrote {output}: {patch_summary(describe(output))}")
+
+
+def apply(
+    base: Annotated[str, typer.Argument(help="Checkpoint to patch.")],
+    patches: Annotated[list[str], typer.Argument(help="Patch files, each optionally PATH:α.")],
+    output: OutputOpt,
+    force: ForceOpt = False,
+    clamp_var: Annotated[
+        bool, typer.Option("--clamp-var", help="Clamp BN running variances at 0.")
+    ] = False,
+    recalibrate_bn: Annotated[
+        str | None,
+        typer.Option(help="Re-estimate BN statistics afterwards on this dataset (needs --arch)."),
+    ] = None,
+    arch: MaybeArchOpt = None,
+    severity: SeverityOpt = "5",
+) -> None:
+    """Add patches to a checkpoint: w' = w + Σ α·scale·δ (streamed, one tensor at a time).
+
+    With --recalibrate-bn DATA --arch A, BatchNorm running statistics are then re-estimated on
+    DATA's training images, corrupted by the patches' `corruption` tags at --severity (as the RWS
+    reference does for ResNets); both steps or nothing is written.
+
+    Example: rws apply clean.safetensors fog.rws.safetensors:0.8 snow.rws.safetensors -o out.safetensors
+    """
+    items = _with_alpha(patches)
+    if recalibrate_bn is None:
+        res = apply_file(base, items, output, force=force, clamp_var=clamp_var)
+    else:
+        res, info = apply_and_recalibrate(
+            base, items, output, arch=arch, data=recalibrate_bn,
+            severity=parse_severity(severity), force=force, clamp_var=clamp_var,
+        )  # fmt: skip
+        err.print(f"recalibrated BatchNorm statistics: {json.dumps(info)}", markup=False)
+    for w in res.report.warnings:
+        err.print(f"warning: {w}", markup=False)
+    out.print(
+        f"wrote {res.output}: {res.report.touched} tensors patched, base fingerprints "
+        f"{res.report.exact}/{res.report.checked} matched; applied stack: "
+        + ", ".join(f"{e['name']}:{e['scale']:g}" for e in res.stack)
+    )
+
+
+def remove(
+    patched: Annotated[str, typer.Argument(help="Checkpoint written by `rws apply`.")],
+    patches: Annotated[list[str], typer.Argument(help="Patches to take off, each PATH[:α].")],
+    output: OutputOpt,
+    force: Annotated[
+        bool, typer.Option("--force", help="Subtract even if not in the applied stack.")
+    ] = False,
+) -> None:
+    """Take patches off a patched checkpoint and check the restored tensors' fingerprints.
+
+    Example: rws remove patched.safetensors snow.rws.safetensors -o fog_only.safetensors
+    """
+    res = remove_file(patched, load_patch_args(patches), output, force=force)
+    rep = res.report
+    inexact = ""
+    if rep.inexact:
+        more = ", …" if len(rep.inexact) > 5 else ""
+        inexact = f" (the rest within one float32 rounding: {', '.join(rep.inexact[:5])}{more})"
+    out.print(
+        f"wrote {res.output}: {rep.touched} tensors restored, {rep.exact}/{rep.checked} bit-exact "
+        f"against the base fingerprints{inexact}"
+    )
+
+
+def compose(
+    patches: Annotated[list[str], typer.Argument(help="Patches, each optionally PATH:α.")],
+    output: OutputOpt,
+    codec: CodecOpt = "fp32",
+    blocksize: BlocksizeOpt = 64,
+    name: NameOpt = "",
+    force: ForceOpt = False,
+) -> None:
+    """Weighted sum Σ α·P of patches, re-encoded with --codec.
+
+    Example: rws compose fog.rws.safetensors:0.5 snow.rws.safetensors:0.5 -o both.rws.safetensors
+    """
+    check_output_path(output, [parse_patch_arg(p)[0] for p in patches])
+    patch = compose_patches(
+        _with_alpha(patches), codec=codec, blocksize=blocksize, force=force, name=name
+    )
+    patch.save(output)
+    out.print(f"wrote {output}: {patch_summary(describe(output))}")
+
+
+def scale(
+    patch: Annotated[str, typer.Argument(help="Patch file.")],
+    alpha: Annotated[float, typer.Argument(help="Factor for the patch's scale.")],
+    output: OutputOpt,
+) -> None:
+    """Multiply a patch's scale by α (exact: the stored deltas are not re-encoded).
+
+    Example: rws scale fog.rws.safetensors 0.5 -o fog_half.rws.safetensors
+    """
+    check_output_path(output, [patch])
+    scaled = load(patch) * alpha
+    scaled.save(output)
+    out.print(f"wrote {output}: scale {scaled.scale:g}")
+
+
+def inspect(
+    file: Annotated[str, typer.Argument(help="A patch or a checkpoint.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a patch (codecs, sizes, compression, norms, metadata) or a checkpoint (applied stack).
+
+    Example: rws inspect fog.rws.safetensors --json
+    """
+    desc = describe(file)
+    if as_json:
+        out.print_json(json.dumps(desc))
+    elif desc["type"] == "patch":
+        print_patch(out, desc)
+    else:
+        print_checkpoint(out, desc)
+
+
+def diff(
+    base: Annotated[str, typer.Argument(help="Base checkpoint.")],
+    tuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint.")],
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    plot: PlotOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-layer relative delta norms ‖δ‖/‖w‖ in depth order (--plot: a bar chart).
+
+    Example: rws diff clean.safetensors fog.safetensors --plot layers.png
+    """
+    rows = [_layer_row(la) for la in layer_deltas(base, tuned, include=include, exclude=exclude)]
+    if plot is not None:
+        from rws.analysis.plots import plot_layer_deltas
+
+        fig = plot_layer_deltas([r["layer"] for r in rows], [r["relative"] for r in rows])
+        save_figure(fig, plot)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    out.print(layer_table(rows))
+    if plot is not None:
+        out.print(f"wrote {plot}")
+
+
+def _layer_row(la: Any) -> dict[str, Any]:
+    return {"layer": la.layer, "tensors": len(la.tensors), "delta_l2": la.delta_l2,
+            "base_l2": la.base_l2, "relative": la.relative}  # fmt: skip

@@ -1,0 +1,130 @@
+"""Rich tables and one-line summaries shared by the commands (rendering only, no computation)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def size(n: float | None) -> str:
+    """``1536`` → ``"1.5 KiB"``; None → ``"n/a"``."""
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.1f}×" if x else "n/a"
+
+
+def patch_summary(desc: Mapping[str, Any]) -> str:
+    """One line on a described patch: tensors, size and compression."""
+    return (
+        f"{desc['tensors_stored']} tensors stored ({desc['tensors_skipped_zero']} zero deltas "
+        f"skipped), {size(desc['file_bytes'] or desc['stored_bytes'])}: "
+        f"{_ratio(desc['ratio_vs_model_fp32'])} smaller than the full fp32 model, "
+        f"{_ratio(desc['ratio_vs_touched_fp32'])} smaller than its tensors in fp32"
+    )
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape))
+
+
+def print_patch(console: Console, d: Mapping[str, Any]) -> None:
+    """``rws inspect`` of a patch: header, summary, per-tensor table, provenance, labels."""
+    console.print(
+        f"[bold]patch[/] {d['path']}  kind={d['kind']} scale={d['scale']:g} name={d['name']!r}"
+    )
+    console.print(patch_summary(d), markup=False)
+    t = Table("tensor", "shape", "codec", "bytes", "rel. error", "‖δ‖/‖w‖")
+    for r in d["tensors"]:
+        rel, error = r["relative_delta"], r["rel_error"]
+        t.add_row(
+            r["name"], _shape(r["shape"]), r["codec"], size(r["bytes"]),
+            f"{error:.4f}" if error is not None else "", f"{rel:.4f}" if rel is not None else "",
+        )  # fmt: skip
+    console.print(t)
+    prov = {k: v for k, v in d["provenance"].items() if k != "selection"}
+    console.print("provenance: " + json.dumps(prov), markup=False, soft_wrap=True)
+    if d["tags"] or d["description"]:
+        console.print(f"tags: {d['tags']}  description: {d['description']}", markup=False)
+
+
+def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
+    """``rws inspect`` of a checkpoint: header, tensor table, applied stack."""
+    console.print(
+        f"[bold]checkpoint[/] {d['path']}: {d['tensors_total']} tensors, "
+        f"{d['numel']:,} elements, {size(d['file_bytes'])}"
+    )
+    t = Table("tensor", "shape", "dtype")
+    for r in d["tensors"]:
+        t.add_row(r["name"], _shape(r["shape"]), r["dtype"])
+    console.print(t)
+    if not d["applied"]:
+        console.print("applied stack: empty")
+        return
+    console.print("applied stack (oldest first):")
+    for e in d["applied"]:
+        console.print(
+            f"  {e.get('name')}  scale={e.get('scale')}  sha256={str(e.get('sha256'))[:12]}"
+        )
+
+
+def layer_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """``rws diff``: one row per layer, in depth order."""
+    t = Table("#", "layer", "tensors", "‖δ‖", "‖w‖", "‖δ‖/‖w‖")
+    for i, r in enumerate(rows):
+        t.add_row(
+            str(i), r["layer"], str(r["tensors"]), f"{r['delta_l2']:.4g}", f"{r['base_l2']:.4g}",
+            f"{r['relative']:.4g}",
+        )  # fmt: skip
+    return t
+
+
+def alpha_table(curve: Any) -> Table:
+    """An α curve (:class:`rws.recipes.alpha.AlphaCurve`), the chosen row in bold."""
+
+    def pct(v: float) -> str:
+        return "–" if math.isnan(v) else f"{100 * v:.2f}"
+
+    t = Table("α", "clean", "corrupted", "robust (PGD)")
+    for p in curve.points:
+        t.add_row(f"{p.alpha:g}", pct(p.clean), pct(p.corrupted), pct(p.robust),
+                  style="bold" if p.alpha == curve.chosen.alpha else None)  # fmt: skip
+    return t
+
+
+def mrc_table(res: Any) -> Table:
+    """Module robust criticality (:class:`rws.recipes.criticality.MrcResult`), least critical in bold."""
+    least = res.least_critical.module
+    t = Table("module", "‖W‖", "MRC", "adv. loss", "robust acc", "drop (pt)")
+    for m in res.modules:
+        t.add_row(m.module, f"{m.weight_l2:.3g}", f"{m.mrc:.4f}", f"{m.loss:.4f}",
+                  f"{m.robust_acc:.4f}", f"{100 * m.robust_drop:.2f}",
+                  style="bold" if m.module == least else None)  # fmt: skip
+    return t
+
+
+def epochs_table(res: Any) -> Table:
+    """The epochs of a training run (:class:`rws.training.config.TrainResult`), best in bold."""
+    corrupted = bool(res.config.corruptions or res.config.attack)
+    extra = "val acc (PGD)" if res.config.attack else "val acc (corrupted)"
+    cols = ["epoch", "lr", "train loss", "train acc", "val acc (clean)"]
+    t = Table(*cols, *([extra] if corrupted else []), "time (s)")
+    for h in res.history:
+        row = [str(h.epoch), f"{h.lr:.3g}", f"{h.train_loss:.4f}", f"{h.train_acc:.4f}",
+               f"{h.val_clean_acc:.4f}"]  # fmt: skip
+        if corrupted:
+            row.append(f"{h.val_acc:.4f}")
+        t.add_row(*row, f"{h.seconds:.1f}", style="bold" if h.epoch == res.best_epoch else None)
+    return t
