@@ -47,9 +47,10 @@ def _check_outputs(outputs: list[Path | None], inputs: list[str]) -> None:
             raise OutputPathError(o, "its folder does not exist")
 
 
-def _load(arch: str, weights: str, data: str) -> tuple[ImageDataset, nn.Module]:
+def _load(arch: str, weights: str, data: str) -> tuple[nn.Module, ImageDataset]:
+    """The model and its dataset, as :func:`mrc` and :func:`rift` take them."""
     dataset = load_dataset(data)
-    return dataset, load_model(arch, weights, dataset.num_classes)
+    return load_model(arch, weights, dataset.num_classes), dataset
 
 
 def mrc_command(
