@@ -57,12 +57,15 @@ def demo_command(
     ] = DemoConfig.finetune_epochs,
     seed: SeedOpt = 0,
 ) -> None:
-    """Robust Weight Signatures end to end on the built-in digits data (a few minutes on 2 CPU
-    cores, nothing downloaded; a second run reuses every trained checkpoint).
+    """Robust Weight Signatures end to end on the built-in digits data, nothing downloaded.
+
+    A few minutes on 2 CPU cores; a second run reuses every trained checkpoint.
 
     Trains an origin, a clean model and one robust model per corruption; extracts each corruption's
     signature (fp32 and int8); evaluates the clean model with every robust model, signature,
     scaled signature and the composition of all signatures on the same corrupted inputs.
+
+    Example: rws demo --out rws-demo --corruptions fog,contrast --epochs 2
     """
     cfg = DemoConfig(
         corruptions=tuple(c.strip() for c in corruptions.split(",") if c.strip()),
