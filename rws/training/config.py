@@ -192,14 +192,15 @@ class EpochStats:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict."""
         return dataclasses.asdict(self)
 
 
 @dataclass
 class TrainResult:
-    """What :func:`finetune` returns: the final model (eval mode), the per-epoch ``history`` (all
-    epochs, resumed ones included), the epoch with the best ``val_acc`` (1-based) and how many
-    epochs were loaded from the checkpoint folder rather than run."""
+    """What :func:`rws.training.finetune` returns: the final model (eval mode), the per-epoch
+    ``history`` (all epochs, resumed ones included), the epoch with the best ``val_acc`` (1-based)
+    and how many epochs were loaded from the checkpoint folder rather than run."""
 
     model: nn.Module
     config: TrainConfig
@@ -209,6 +210,7 @@ class TrainResult:
 
     @property
     def final(self) -> EpochStats:
+        """The last epoch's statistics."""
         return self.history[-1]
 
     def to_dict(self) -> dict[str, Any]:
