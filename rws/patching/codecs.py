@@ -73,9 +73,13 @@ class Codec(Protocol):
     suffixes: tuple[str, ...]
     blockwise: bool
 
-    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded: ...
+    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
+        """Encode the float32 delta ``x`` of tensor ``name``."""
+        ...
 
-    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor: ...
+    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        """A new float32 tensor of ``shape``; ``CodecError`` when ``enc`` is malformed."""
+        ...
 
 
 @dataclass

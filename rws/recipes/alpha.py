@@ -132,6 +132,7 @@ class AlphaPoint:
     robust: float
 
     def score(self, criterion: Mapping[str, float]) -> float:
+        """The criterion's weighted sum of this point's accuracies."""
         return sum(w * getattr(self, k) for k, w in criterion.items() if w)
 
 
@@ -158,6 +159,7 @@ class AlphaCurve:
         return cls(points, chosen, dict(d["criterion"]), d["max_robust_drop"], d["n_examples"])
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (a patch's ``provenance["alpha_curve"]``)."""
         return {
             "points": [asdict(p) for p in self.points],
             "chosen": self.chosen.alpha,

@@ -155,6 +155,7 @@ class MrcResult:
                    d["n_examples"], d.get("seconds", 0.0), d.get("attack_seconds", 0.0))  # fmt: skip
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
 
