@@ -50,7 +50,7 @@ def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
 
 def make_inputs(folder: Path, gib: float) -> tuple[Path, Path]:
     """A transformer-shaped random fp16 checkpoint of ~gib GiB and a full-model int8 patch."""
-    from rws.io.safetensors_io import StreamWriter
+    from rws.io.safetensors_write import StreamWriter
     from rws.patching.patch import Patch, encode_deltas
 
     base, patch_path = folder / f"base-{gib}g.safetensors", folder / f"patch-{gib}g.safetensors"
