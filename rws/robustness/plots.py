@@ -6,6 +6,7 @@ no backend is ever selected; callers save it (:func:`rws.io.figures.save_figure`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rws.io.figures import new_figure
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from rws.robustness.report import Report, Variant
+    from rws.robustness.variant import Variant
 
 
 def bar_metrics(v: Variant) -> dict[str, float]:
@@ -44,19 +45,20 @@ def _heatmap(ax: Axes, v: Variant, names: list[str], severities: list[int], firs
     return im
 
 
-def report_figure(report: Report) -> Figure:
-    """The report as a figure: with corruptions, one accuracy heatmap (corruption × severity) per
-    variant on top; below, grouped bars per metric of :func:`bar_metrics`, one bar per variant.
+def report_figure(variants: Sequence[Variant]) -> Figure:
+    """A report's variants (the unpatched one first) as a figure: with corruptions, one accuracy
+    heatmap (corruption × severity) per variant on top; below, grouped bars per metric of
+    :func:`bar_metrics`, one bar per variant.
 
     Example:
-        >>> fig = report_figure(report)  # doctest: +SKIP
+        >>> fig = report_figure(report.variants)  # doctest: +SKIP
         >>> save_figure(fig, "report.png")  # doctest: +SKIP
     """
     import numpy as np
 
-    variants = report.variants
-    names = list(report.base.corruptions)
-    severities = sorted({s for sev in report.base.corruptions.values() for s in sev})
+    base = variants[0]
+    names = list(base.corruptions)
+    severities = sorted({s for sev in base.corruptions.values() for s in sev})
     n = len(variants)
     has_heat = bool(names)
     fig = new_figure(max(8.0, 3.6 * n), 8.5 if has_heat else 4.2, layout="constrained")
@@ -68,7 +70,7 @@ def report_figure(report: Report) -> Figure:
         ]
         fig.colorbar(images[-1], ax=fig.axes, shrink=0.8, label="accuracy")  # type: ignore[arg-type]
     ax = fig.add_subplot(grid[-1, :])
-    labels = list(bar_metrics(report.base))
+    labels = list(bar_metrics(base))
     width = 0.8 / n
     for i, v in enumerate(variants):
         vals = bar_metrics(v)

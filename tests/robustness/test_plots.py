@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_figure_axes_carry_the_variant_names() -> None:
     report = _hand_report()
-    fig = report_figure(report)
+    fig = report_figure(report.variants)
     assert isinstance(fig, Figure)
     heatmaps = [ax for ax in fig.axes if ax.get_xlabel() == "severity"]
     assert [ax.get_title() for ax in heatmaps] == ["base", "fog@0.8"]
