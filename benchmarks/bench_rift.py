@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rws
 from rws.data import load_digits
+from rws.io.hashing import state_sha256
 from rws.recipes.alpha import AlphaSettings
 from rws.recipes.criticality import MrcSettings, adversarial_set, layers_of, module_mrc, mrc
 from rws.recipes.rift import rift, rift_train_config
 from rws.robustness.corruptions import CORRUPTIONS
-from rws.training.state import data_fingerprint, state_sha256
-from rws.training.train import TrainConfig, corrupted_inputs, finetune, init_model
+from rws.robustness.inputs import corrupted_inputs
+from rws.training import TrainConfig, finetune, init_model
+from rws.training.state import data_fingerprint
 
 EPS = 8 / 255
 AT_EPOCHS = int(os.environ.get("AT_EPOCHS", "10"))

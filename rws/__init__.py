@@ -18,7 +18,7 @@ from rws.robustness.attacks import attack, list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, corrupt, list_corruptions
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
-from rws.training.train import TrainConfig, finetune, recalibrate_bn
+from rws.training import TrainConfig, finetune, recalibrate_bn
 
 __all__ = [
     "CORRUPTIONS",
