@@ -22,12 +22,12 @@ from rws.cli.options import (
     parse_patch_arg,
 )
 from rws.data import DATASET_SPECS, resolve_data
+from rws.data.severity import parse_severities
 from rws.io.checkpoint import check_output_path
 from rws.models import load_model
 from rws.patching.patch import load
 from rws.robustness import distributed
 from rws.robustness.config import EvalConfig
-from rws.robustness.corruptions.severity import parse_severities
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
 

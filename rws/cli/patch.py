@@ -38,6 +38,7 @@ from rws.cli.render import (
     print_checkpoint,
     print_patch,
 )
+from rws.data.severity import parse_severity
 from rws.errors import UsageError
 from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
@@ -49,7 +50,6 @@ from rws.patching.files import apply_file, remove_file
 from rws.patching.patch import Patch, load
 from rws.patching.patch import compose as compose_patches
 from rws.recipes.interpolation import interpolate
-from rws.robustness.corruptions.severity import parse_severity
 from rws.training.recalibrate import apply_and_recalibrate
 
 

@@ -30,8 +30,8 @@ from rws.cli.options import (
     parse_corruptions,
 )
 from rws.cli.render import epochs_table
+from rws.data.severity import parse_severity
 from rws.robustness.attacks import parse_eps
-from rws.robustness.corruptions.severity import parse_severity
 from rws.training.config import TrainConfig, TrainResult
 from rws.training.runs import train_to_file
 

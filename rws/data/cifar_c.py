@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rws.data._files import open_input, require_dir
+from rws.data.severity import check_severity
 from rws.data.types import Split, images_to_tensor
 from rws.errors import InputFileError, MalformedInputError, UnsafeInputError, UsageError
 
@@ -49,10 +50,7 @@ def load_cifar_c(
         UnsafeInputError: an array of Python objects (a pickle), which is never loaded.
         MalformedInputError: not a ``.npy`` file, truncated, or the wrong dtype or shape.
     """
-    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)):
-        raise UsageError(f"severity must be an integer 1..{SEVERITIES}, not {severity!r}")
-    if not 1 <= severity <= SEVERITIES:
-        raise UsageError(f"severity must be 1..{SEVERITIES}, not {severity}")
+    severity = check_severity(severity)
     if not _NAME.fullmatch(corruption) or corruption == "labels":
         raise UsageError(f"{corruption!r} is not a corruption name (e.g. 'fog', 'gaussian_noise')")
     folder = require_dir(root)

@@ -17,12 +17,12 @@ from typing import Any
 
 from torch import nn
 
+from rws.data.severity import severity_range
 from rws.data.types import Split
 from rws.errors import UsageError
 from rws.patching.ops import patched
 from rws.patching.patch import Patch
 from rws.robustness.attacks import attack, parse_eps
-from rws.robustness.corruptions.severity import severity_range
 from rws.robustness.inputs import corrupted_inputs
 from rws.runtime.device import model_device
 from rws.runtime.progress import progress_bar

@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rws.data.severity import check_severity
 from rws.errors import UsageError
 from rws.robustness.attacks import ATTACKS, parse_eps
 from rws.robustness.attacks.api import NORMS
 from rws.robustness.corruptions import CORRUPTIONS, get_corruption
 from rws.robustness.corruptions.params import TABLES
-from rws.robustness.corruptions.severity import check_severity
 from rws.runtime.device import DEVICE_PATTERN
 
 __all__ = ["EvalConfig"]

@@ -28,11 +28,11 @@ from typing import Literal
 import torch
 
 from rws.data import load_cifar_c
+from rws.data.severity import severity_range
 from rws.errors import MalformedInputError, UsageError
 from rws.io.hashing import tensor_sha256
 from rws.robustness import distributed as dist
 from rws.robustness.corruptions import corrupt, get_corruption
-from rws.robustness.corruptions.severity import severity_range
 from rws.runtime.seed import derived_seed
 
 Params = Literal["auto", "cifar", "imagenet"]

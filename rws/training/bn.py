@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rws.data.severity import severity_range
 from rws.data.types import Split
 from rws.errors import UsageError
 from rws.robustness.corruptions import get_corruption
-from rws.robustness.corruptions.severity import severity_range
 from rws.robustness.inputs import random_corruption
 from rws.runtime.device import model_device
 from rws.training.config import check_float, check_int

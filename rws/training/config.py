@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from torch import nn
 
+from rws.data.severity import severity_range
 from rws.errors import UnknownNameError, UsageError
 from rws.robustness.corruptions import get_corruption
-from rws.robustness.corruptions.severity import severity_range
 from rws.runtime.device import DEVICE_PATTERN
 
 OPTIMIZERS = ("sgd", "adam")

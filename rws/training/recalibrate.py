@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from rws.data import load_dataset
+from rws.data.severity import severity_range
 from rws.errors import CheckpointError, UsageError
 from rws.io.atomic import atomic_output
 from rws.io.checkpoint import Source, check_output_path, open_checkpoint
@@ -20,7 +21,6 @@ from rws.io.safetensors_write import save_tensors
 from rws.models import load_model
 from rws.patching.files import FileResult, apply_file
 from rws.patching.patch import Patch, as_items
-from rws.robustness.corruptions.severity import severity_range
 from rws.training.bn import recalibrate_bn
 
 RECALIBRATED_KEY = "rws.recalibrated_bn"

@@ -236,8 +236,11 @@ def test_cifar_c_reads_severity_block_exactly(cifar_c, severity: int) -> None:
 def test_cifar_c_bad_arguments(cifar_c) -> None:
     root = cifar_c[0]
     for severity in (0, 6, 2.0, True):
-        with pytest.raises(UsageError, match="severity must be"):
+        with pytest.raises(
+            UsageError, match=f"severity must be an integer from 1 to 5, got {severity!r}"
+        ):
             load_cifar_c(root, "fog", severity)
+    assert load_cifar_c(root, "fog", np.int64(2)).x.shape == (4, 3, 32, 32)  # numpy integers too
     for name in ("../fog", "labels", ""):
         with pytest.raises(UsageError, match="is not a corruption name"):
             load_cifar_c(root, name, 1)

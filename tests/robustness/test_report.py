@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from rws.cli.app import _Group
 from rws.cli.eval import eval_command
 from rws.cli.options import parse_corruptions
+from rws.data.severity import parse_severities
 from rws.errors import UsageError
 from rws.models import create_model
 from rws.robustness.corruptions import CORRUPTIONS
-from rws.robustness.corruptions.severity import parse_severities
 from rws.robustness.report import Report
 from tests.robustness.conftest import hand_report as _hand_report
 from tests.robustness.test_evaluate import trained_models

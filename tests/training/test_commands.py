@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 from rws.cli.app import _Group
 from rws.cli.options import parse_corruptions as parse_train_corruptions
 from rws.cli.train import finetune_command
+from rws.data.severity import parse_severity
 from rws.errors import UsageError
 from rws.io.hashing import file_sha256
 from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import save_tensors
 from rws.models import load_model
 from rws.robustness.corruptions import CORRUPTIONS
-from rws.robustness.corruptions.severity import parse_severity
 from rws.training.state import STATE_FILE
 from tests.training.conftest import same_weights
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from rws.data.severity import check_severity
 from rws.errors import UsageError
 from rws.robustness.corruptions import blur, digital, noise, spatter, weather  # noqa: F401
 from rws.robustness.corruptions._rng import make_generator
@@ -26,7 +27,6 @@ from rws.robustness.corruptions.registry import (
     list_corruptions,
     register_corruption,
 )
-from rws.robustness.corruptions.severity import check_severity
 
 logger = logging.getLogger(__name__)
 

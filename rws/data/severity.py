@@ -1,7 +1,9 @@
-"""Severities 1–5: the one place that checks and parses them (API values and CLI text)."""
+"""Severities 1–5 of the corruption benchmarks: the one place that checks and parses them (API
+values, CLI text, the released CIFAR-10-C arrays' blocks)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from rws.errors import UsageError
@@ -10,7 +12,7 @@ LEVELS = range(1, 6)
 
 
 def _is_level(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value in LEVELS
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in LEVELS
 
 
 def check_severity(value: object, *, what: str = "severity") -> int:
