@@ -25,6 +25,7 @@ from rws.patching.patch import Patch
 from rws.robustness.attacks import attack, parse_eps
 from rws.robustness.inputs import corrupted_inputs
 from rws.runtime.device import model_device
+from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import generator
 from rws.training.config import check_int
@@ -209,9 +210,8 @@ def alpha_curve(
         xc = corrupted_inputs(
             split.x, s.corruptions, s.severity, seed=s.seed, batch_size=s.batch_size
         ).to(dev)
-    model.eval()
     points = []
-    with progress_bar("alpha search", len(s.grid), enabled=progress) as advance:
+    with eval_mode(model), progress_bar("alpha search", len(s.grid), enabled=progress) as advance:
         for a in s.grid:
             with patched(model, patch, scale=a):
                 clean = accuracy(model, x, y, s.batch_size, dev)

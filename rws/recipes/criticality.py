@@ -35,6 +35,7 @@ from rws.errors import UsageError
 from rws.patching.selection import group_layers, module_of
 from rws.robustness.attacks import attack, parse_eps
 from rws.runtime.device import on_device, resolve_device
+from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import generator
 from rws.training.config import check_float, check_int
@@ -297,8 +298,7 @@ def mrc(
     if not layers:
         raise UsageError("mrc: the model has no conv or linear module")
     params = dict(model.named_parameters())
-    with on_device(model, dev):
-        model.eval()
+    with on_device(model, dev), eval_mode(model):
         start = time.perf_counter()
         x, y = adversarial_set(model, _as_split(data), settings, dev)
         attack_seconds = time.perf_counter() - start

@@ -32,13 +32,13 @@ from rws.patching.patch import Patch
 from rws.robustness import distributed as dist
 from rws.robustness.attacks import ATTACKS, check_gradient_masking
 from rws.robustness.attacks import attack as run_attack
-from rws.robustness.attacks._core import eval_mode
 from rws.robustness.config import EvalConfig
 from rws.robustness.inputs import EvalInputs
 from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
 from rws.robustness.stats import accuracy, compare
 from rws.runtime.device import on_device, resolve_device
+from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import derived_seed
 

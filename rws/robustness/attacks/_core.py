@@ -6,8 +6,7 @@ result for one example does not depend on which other examples share its batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -89,15 +88,3 @@ def correct_mask(
     """Examples to attack: ``active`` (all by default) and correctly classified on clean input."""
     mask = predict(model, x).argmax(1) == y
     return mask if active is None else mask & active
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own previous mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from rws.errors import UsageError
-from rws.robustness.attacks._core import eval_mode, predict
+from rws.robustness.attacks._core import predict
 from rws.robustness.attacks.registry import ATTACKS
+from rws.runtime.modes import eval_mode
 
 Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")

@@ -16,9 +16,10 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from rws.robustness.attacks._core import eval_mode, loss_grad, predict
+from rws.robustness.attacks._core import loss_grad, predict
 from rws.robustness.attacks.api import attack
 from rws.robustness.attacks.losses import ce_loss
+from rws.runtime.modes import eval_mode
 
 logger = logging.getLogger(__name__)
 
