@@ -1,5 +1,5 @@
-"""Progress bars: one factory, on stderr, transient; off when asked or when ``RWS_NO_PROGRESS`` is
-set (the CLI's ``--quiet`` sets it for its process)."""
+"""Progress bars: one factory, on stderr, transient; off when asked, when ``RWS_NO_PROGRESS`` is
+set (the CLI's ``--quiet`` sets it for its process) or when stderr is not a terminal."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def progress_bar(
     from rich.console import Console
     from rich.progress import Progress
 
-    show = progress_enabled(enabled)
-    with Progress(console=Console(stderr=True), transient=True, disable=not show) as bar:
+    console = Console(stderr=True)
+    show = progress_enabled(enabled) and console.is_terminal  # a pipe or a log gets no bar lines
+    with Progress(console=console, transient=True, disable=not show) as bar:
         task = bar.add_task(description, total=total)
 
         def advance(n: float = 1, **fields: object) -> None:

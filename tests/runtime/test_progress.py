@@ -45,6 +45,16 @@ def test_enabled_bar_renders_to_stderr_only(capsys: pytest.CaptureFixture[str]) 
     assert "epochs" in err and "100%" in err
 
 
+def test_no_bar_lines_when_stderr_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped or logged stderr gets nothing (rich would leave a blank line per transient bar)."""
+    for name in (ENV_OFF, "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    _run()
+    assert capsys.readouterr() == ("", "")
+
+
 @pytest.mark.usefixtures("terminal")
 def test_environment_switch_turns_bars_off(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
