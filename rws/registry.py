@@ -16,6 +16,12 @@ from rws.errors import UnknownNameError
 T = TypeVar("T")
 
 
+def summary_of(obj: object) -> str:
+    """The first paragraph of ``obj``'s docstring on one line (``""`` without a docstring)."""
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     """A registered object with its documentation."""
@@ -47,7 +53,7 @@ class Registry(Generic[T]):
         """Decorator form of :meth:`add`."""
 
         def deco(obj: T) -> T:
-            doc = summary or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+            doc = summary or summary_of(obj)
             return self.add(name, obj, summary=doc, url=url, **info)
 
         return deco

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rws.errors import UnknownNameError
-from rws.registry import Entry, Registry
+from rws.registry import Entry, Registry, summary_of
 
 
 def _registry() -> Registry[object]:
@@ -56,3 +56,19 @@ def test_unknown_name_lists_the_choices() -> None:
         reg.get("c")
     assert str(e.value) == "unknown widget 'c'; choose one of: b-one, a-two, b-three"
     assert e.value.choices == ["b-one", "a-two", "b-three"] and e.value.exit_code == 2
+
+
+def test_summary_is_the_whole_first_paragraph() -> None:
+    """A summary wrapped over several docstring lines is not cut at the first line break."""
+    reg: Registry[object] = Registry("thing")
+
+    @reg.register("long")
+    def long() -> None:
+        """First line of a summary
+        that wraps here.
+
+        Details that are not part of it.
+        """
+
+    assert reg.entry("long").summary == "First line of a summary that wraps here."
+    assert summary_of(lambda: None) == ""  # no docstring, no summary

@@ -17,7 +17,7 @@ import torch
 from rws.errors import UsageError
 from rws.io.checkpoint import Checkpoint
 from rws.patching.format import register_kind
-from rws.registry import Registry
+from rws.registry import Registry, summary_of
 
 DeltaFn = Callable[[str], torch.Tensor]
 Prepare = Callable[[Checkpoint, Checkpoint, Any], tuple[DeltaFn, dict[str, Any]]]
@@ -115,7 +115,7 @@ def register_method(
     """
 
     def deco(prepare: Prepare) -> Method:
-        doc = summary or (prepare.__doc__ or "").strip().split("\n")[0]
+        doc = summary or summary_of(prepare)
         register_kind(kind, doc, url=url, exist_ok=True)
         return METHODS.add(name, Method(name, kind, prepare, options), summary=doc, url=url)
 
