@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rws.data import load_digits
+from rws.data import ImageDataset, load_digits
 from rws.models import create_model
 
 
@@ -53,7 +53,24 @@ def train(
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def digits() -> ImageDataset:
+    """The built-in digits data, loaded once per session."""
+    return load_digits()
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    """``rws ARGS`` in-process: exit code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from rws.cli.app import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res.exit_code, res.stdout, res.stderr
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in one eval-mode pass."""
     with torch.no_grad():
         return float((model.eval()(x).argmax(1) == y).float().mean())
 

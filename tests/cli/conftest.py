@@ -6,18 +6,8 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from rws.cli.app import app
-from tests.conftest import Trained
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    """``rws ARGS`` in-process: exit code, stdout, stderr."""
-    res = runner.invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
+from tests.conftest import Trained, run  # noqa: F401  (run: re-exported to the CLI tests)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

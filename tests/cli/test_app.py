@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from rws._version import __version__
 from rws.cli.app import COMMANDS, app
 from rws.errors import RwsError
 from rws.runtime.progress import ENV_OFF, progress_enabled
-from tests.cli.conftest import run, runner
+from tests.cli.conftest import run
 
 
 def test_version_and_help() -> None:
@@ -23,7 +24,7 @@ def test_version_and_help() -> None:
 
 
 def test_debug_shows_traceback(ws: Path) -> None:
-    res = runner.invoke(
+    res = CliRunner().invoke(
         app,
         [
             "--debug",

@@ -19,6 +19,7 @@ from rws.io.checkpoint import open_checkpoint
 from rws.methods import RwsOptions, get_method
 from rws.methods.rws import batchnorm_tensors, projection_out
 from rws.models import create_model
+from tests.conftest import accuracy
 
 CORRUPTIONS = ("gaussian_noise", "fog", "contrast")
 SEEDS = (1, 2)
@@ -45,11 +46,6 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr
             if done == steps:
                 break
     return model.eval()
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
 @dataclass

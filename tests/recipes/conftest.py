@@ -10,21 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from typer.testing import CliRunner
 
 import rws
-from rws.cli.app import app
-from rws.data import ImageDataset, Split, load_digits
+from rws.data import ImageDataset, Split
 from rws.training import TrainConfig, TrainResult, finetune
-from tests.conftest import Trained
+from tests.conftest import Trained, run  # noqa: F401  (run: re-exported to the recipe tests)
 
-runner = CliRunner()
 EPS = 8 / 255
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    res = runner.invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
 
 
 def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 5) -> float:
@@ -32,11 +24,6 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
     xa = rws.attack(model, x, y, "pgd", eps=EPS, steps=steps, generator=g)
     with torch.no_grad():
         return float((model.eval()(xa).argmax(1) == y).float().mean())
-
-
-@pytest.fixture(scope="session")
-def digits() -> ImageDataset:
-    return load_digits()
 
 
 @pytest.fixture(scope="session")

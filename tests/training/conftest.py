@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rws.data import ImageDataset, Split, load_digits
+from rws.data import ImageDataset, Split
 from rws.robustness.corruptions import corrupt
 from rws.training import TrainConfig, TrainResult, finetune, init_model
-
-
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in one eval-mode pass."""
-    with torch.no_grad():
-        return float((model.eval()(x).argmax(1) == y).float().mean())
-
-
-@pytest.fixture(scope="session")
-def digits() -> ImageDataset:
-    return load_digits()
+from tests.conftest import accuracy  # noqa: F401  (re-exported to the training tests)
 
 
 @pytest.fixture(scope="session")
