@@ -5,7 +5,8 @@
 3. per corruption a signature ``RWSk`` (``rws extract --method rws --origin W0``), fp32 and int8,
 4. one evaluation of ``Wc`` with every variant as a patch on the same cached inputs: each robust
    model (as its full fp32 delta), ``Wc + RWSk`` (fp32, int8, scaled by α), all signatures composed
-   (``αk = 1/|K|``), with McNemar tests against ``Wc``.
+   (``αk = 1/|K|``), each tested against ``Wc`` as ``rws eval`` does (McNemar per cell, Wilcoxon
+   over images for pooled rows, Holm-adjusted).
 
 Every step is cached in the output folder (a checkpoint is reused when its recorded settings match),
 and training is resumable, so a second run only re-evaluates.

@@ -272,7 +272,7 @@ def _eval_section(
     for name, _, v in matches:
         lines += [
             f"### `{name}` ({v.name})", "",
-            "| metric | before | after | Δ | p (McNemar) |", "|---|---|---|---|---|",
+            "| metric | before | after | Δ | p (Holm) |", "|---|---|---|---|---|",
         ]  # fmt: skip
         vs = v.vs_base or {}
         lines.append(_row("clean", base.clean, v.clean, vs.get("clean")))
@@ -299,9 +299,11 @@ def _eval_section(
 
 def _row(metric: str, before: float | None, after: float | None, cmp: Any) -> str:
     cmp = cmp if isinstance(cmp, dict) else {}
-    delta, p = cmp.get("delta"), cmp.get("p_value")
+    delta, p = cmp.get("delta"), cmp.get("p_holm", cmp.get("p_value"))
     d = f"{100 * delta:+.1f} pt" if isinstance(delta, int | float) else "–"
     pv = f"{p:.2g}" if isinstance(p, int | float) else "–"
+    if "p_holm" not in cmp and isinstance(p, int | float):
+        pv += " (raw)"  # a report from before the Holm adjustment
     return f"| {metric} | {_pct(before)} | {_pct(after)} | {d} | {pv} |"
 
 
@@ -326,8 +328,10 @@ def _settings_line(s: dict[str, Any]) -> str:
     parts.append(f"rws {s.get('rws_version', '?')}")
     return (
         "; ".join(parts)
-        + ". Before: the unpatched model; Δ in percentage points (pt); p: exact McNemar "
-        "test on the examples where the two models disagree (`rws eval`)."
+        + ". Before: the unpatched model; Δ in percentage points (pt); p: exact McNemar test "
+        "for single cells (clean, an attack), Wilcoxon signed-rank test on per-image mean "
+        "correctness for rows pooled over severities or corruptions, Holm-adjusted over all "
+        "the rows `rws eval` tested for the patch."
     )
 
 

@@ -56,7 +56,7 @@ class EvalConfig:
         batch_size: images per forward pass, also the unit of sharding and of seeding.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
         amp: autocast (bf16/fp16) for clean and corruption forwards on CUDA; attacks stay fp32.
-        seed: root of every seed (corruptions, attacks, masking checks).
+        seed: root of every seed (corruptions, attacks, masking checks, bootstrap intervals).
         params: the corruption severity table (``"auto"`` picks by image size).
         corruption_source: a folder of released CIFAR-10-C-style arrays to use instead of the
             kernels (a dataset spec ``"cifar10c:DIR"`` sets it too).

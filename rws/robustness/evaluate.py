@@ -4,10 +4,12 @@ The inputs are built once (:mod:`rws.robustness.inputs`): the first ``n_examples
 images, and each corruption × severity generated with a seed derived from (seed, corruption,
 severity, batch index) and cached as uint8 (truncated, as CIFAR-10-C was), or read from the
 released CIFAR-10-C arrays. Every variant is fed exactly those bytes (their sha256 is recorded per
-variant), keeps per-example correctness and is compared with the unpatched model by an exact
-McNemar test. Under ``torch.distributed`` the global batches are sharded over ranks
-(:mod:`rws.robustness.distributed`) and gathered in order, so a run on N ranks reports exactly what
-one process would.
+variant), keeps per-example correctness and is compared with the unpatched model: an exact McNemar
+test per single cell (clean, one corruption × severity, one attack), a Wilcoxon signed-rank test on
+per-image mean correctness for pooled rows (a corruption over its severities, the mean
+corruption), Holm-adjusted over the variant's rows (:mod:`rws.robustness.stats`). Under
+``torch.distributed`` the global batches are sharded over ranks (:mod:`rws.robustness.distributed`)
+and gathered in order, so a run on N ranks reports exactly what one process would.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from rws.robustness.config import EvalConfig
 from rws.robustness.inputs import EvalInputs
 from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
-from rws.robustness.stats import accuracy, compare
+from rws.robustness.stats import accuracy, add_holm, compare, compare_pooled
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
@@ -131,21 +133,32 @@ def _variant(name: str, patches: list[dict[str, Any]], res: dict[str, torch.Tens
 
 
 def _vs_base(base: Variant, v: Variant, inp: EvalInputs, cfg: EvalConfig) -> dict[str, Any]:
+    """Tests against the unpatched model: McNemar per cell, Wilcoxon over images per pooled row,
+    Holm-adjusted over every tested row of this variant (:mod:`rws.robustness.stats`)."""
     pb, pv = base.per_example, v.per_example
+    family: list[dict[str, Any]] = []
 
-    def pooled(keys: list[str]) -> dict[str, Any]:
-        return compare(torch.cat([pb[k] for k in keys]), torch.cat([pv[k] for k in keys]))
+    def tested(cmp: dict[str, Any]) -> dict[str, Any]:
+        family.append(cmp)
+        return cmp
 
-    out: dict[str, Any] = {"clean": compare(pb["clean"], pv["clean"]), "corruptions": {}}
+    def cell(key: str) -> dict[str, Any]:
+        return tested(compare(pb[key], pv[key]))
+
+    def pooled(name: str, keys: list[str]) -> dict[str, Any]:
+        # (images, cells): every cell holds the same images in the same order
+        b, o = (torch.stack([p[k] for k in keys], dim=1) for p in (pb, pv))
+        return tested(compare_pooled(b, o, seed=derived_seed(cfg.seed, "bootstrap", name)))
+
+    out: dict[str, Any] = {"clean": cell("clean"), "corruptions": {}}
     for c, sev in v.corruptions.items():
-        out["corruptions"][c] = pooled([f"{c}/{s}" for s in sev])
-        out["corruptions"][c]["severities"] = {
-            s: compare(pb[f"{c}/{s}"], pv[f"{c}/{s}"]) for s in sev
-        }
+        out["corruptions"][c] = pooled(c, [f"{c}/{s}" for s in sev])
+        out["corruptions"][c]["severities"] = {s: cell(f"{c}/{s}") for s in sev}
     if inp.cells:
-        out["mean_corruption"] = pooled([f"{c}/{s}" for c, s in inp.cells])
+        out["mean_corruption"] = pooled("mean_corruption", [f"{c}/{s}" for c, s in inp.cells])
     out["mce"] = None if v.mce is None or base.mce is None else v.mce - base.mce
-    out["robust"] = {a: compare(pb[f"robust/{a}"], pv[f"robust/{a}"]) for a in cfg.attack}
+    out["robust"] = {a: cell(f"robust/{a}") for a in cfg.attack}
+    add_holm(family)
     return out
 
 

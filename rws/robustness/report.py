@@ -4,12 +4,24 @@ JSON shape (accuracies and errors are fractions in [0, 1]; severities are string
 
     {"variants": [{"name", "patches", "clean", "corruptions": {name: {severity: acc}},
                    "mean_corruption", "mce", "robust": {attack: acc},
-                   "vs_base": {metric: {"delta", "p_value", "gained", "lost"}, …} | null}, …],
+                   "vs_base": {"clean": TEST, "corruptions": {name: {**TEST,
+                                                                     "severities": {s: TEST}}},
+                               "mean_corruption": TEST, "mce": Δ, "robust": {attack: TEST}}
+                              | null}, …],
      "settings": {…}}
 
-The unpatched model comes first. ``vs_base`` compares a patched variant with it on the same inputs:
-``delta`` is the accuracy change, ``p_value`` the exact McNemar test on the examples where the two
-disagree (``gained``: only the variant is right; ``lost``: only the base is right).
+    TEST = {"test", "delta", "p_value", "p_holm", "ci95": [lo, hi], "gained", "lost", "n"}
+           (+ "images_up", "images_down" when "test" is "wilcoxon")
+
+The unpatched model comes first. ``vs_base`` compares a patched variant with it on the same inputs;
+``delta`` is the accuracy change. A single cell (clean, one corruption × severity, one attack) is
+tested by the exact McNemar test on the examples where the two disagree (``test: "mcnemar"``;
+``gained``: only the variant is right, ``lost``: only the base), with Newcombe's paired interval
+as ``ci95``. A pooled row (a corruption's mean over severities, the mean corruption) is tested at
+the image level (``test: "wilcoxon"``): the Wilcoxon signed-rank test on each image's mean
+correctness, variant minus base, and a seeded paired bootstrap over images for ``ci95``. ``p_holm``
+is Holm-adjusted over every tested row of the variant; the table shows it. Reports written before
+these keys existed still load (the missing keys read as absent).
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
+
+COLUMNS = ["variant", "metric", "value", "delta", "test", "p_value", "p_holm", "ci95_lo", "ci95_hi"]
 
 
 @dataclass
@@ -89,10 +103,12 @@ class Report:
         write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per variant × metric: ``variant, metric, value, delta, p_value``.
+        """One row per variant × metric: ``variant, metric, value`` and the test (:data:`COLUMNS`).
 
         Metrics: ``clean``, ``corruption/<name>/<severity>``, ``corruption/<name>`` (mean over
-        severities), ``mean_corruption``, ``mce``, ``robust/<attack>``.
+        severities), ``mean_corruption``, ``mce``, ``robust/<attack>``. ``test``, ``p_value``,
+        ``p_holm`` and ``ci95_lo/hi`` are None where the report has none (the base, mCE, older
+        reports).
         """
         out: list[dict[str, Any]] = []
         for v in self.variants:
@@ -102,9 +118,12 @@ class Report:
                 metric: str, value: float | None, cmp: dict[str, Any] | None, name: str = v.name
             ) -> None:
                 cmp = cmp or {}
+                ci = cmp.get("ci95") or [None, None]
                 out.append(
                     {"variant": name, "metric": metric, "value": value,
-                     "delta": cmp.get("delta"), "p_value": cmp.get("p_value")}
+                     "delta": cmp.get("delta"), "test": cmp.get("test"),
+                     "p_value": cmp.get("p_value"), "p_holm": cmp.get("p_holm"),
+                     "ci95_lo": ci[0], "ci95_hi": ci[1]}
                 )  # fmt: skip
 
             row("clean", v.clean, vs.get("clean"))
@@ -123,9 +142,9 @@ class Report:
         return out
 
     def save_csv(self, path: str | os.PathLike) -> None:
-        """Write :meth:`rows` as CSV, atomically."""
+        """Write :meth:`rows` as CSV (columns :data:`COLUMNS`), atomically."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["variant", "metric", "value", "delta", "p_value"])
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
         writer.writeheader()
         for r in self.rows():
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
@@ -146,7 +165,8 @@ class Report:
         save_figure(self.figure(), path)
 
     def table(self) -> Any:
-        """A ``rich.table.Table``: one row per metric, one column per variant, with Δ and p."""
+        """A ``rich.table.Table``: one row per metric, one column per variant, with Δ and the
+        Holm-adjusted p (the raw p, marked, for reports that predate it)."""
         return _report_table(self)
 
 
@@ -158,16 +178,22 @@ def _pct(x: float | None) -> str:
 
 
 def _change(cmp: dict[str, Any] | None) -> str:
+    """``+1.4 pt (p=0.012)`` with the Holm-adjusted p; an older report's raw p says so."""
     if not cmp or cmp.get("delta") is None:
         return ""
     text = f"{100 * cmp['delta']:+.1f} pt"
-    return text + (f" (p={cmp['p_value']:.2g})" if cmp.get("p_value") is not None else "")
+    if cmp.get("p_holm") is not None:
+        return text + f" (p={cmp['p_holm']:.2g})"
+    if cmp.get("p_value") is not None:
+        return text + f" (raw p={cmp['p_value']:.2g})"
+    return text
 
 
 def _report_table(report: Report) -> Any:
     from rich.table import Table
 
-    table = Table(title="robustness before / after patching (accuracy; Δ vs base, McNemar p)")
+    title = "robustness before / after patching (accuracy; Δ vs base; p: Holm-adjusted McNemar per"
+    table = Table(title=f"{title} cell, Wilcoxon over images for pooled rows)")
     table.add_column("metric")
     for i, v in enumerate(report.variants):
         table.add_column(v.name, justify="right")

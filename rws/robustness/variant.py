@@ -22,9 +22,11 @@ class Variant:
         mce: mean corruption error relative to the baseline (None without a baseline).
         robust: attack → robust accuracy (an example counts when clean and attacked both right).
         vs_base: changes against the unpatched model (None for the unpatched model itself):
-            ``clean``, ``mean_corruption`` and each ``robust[attack]`` as
-            ``{"delta", "p_value", "gained", "lost"}``; ``corruptions[name]`` the same pooled over
-            severities plus ``"severities": {severity: {…}}``; ``mce`` a plain difference.
+            ``clean``, each ``robust[attack]`` and each ``corruptions[name]["severities"][s]`` a
+            single cell (``{"test": "mcnemar", "delta", "p_value", "p_holm", "ci95", "gained",
+            "lost", "n"}``); ``corruptions[name]`` (over severities) and ``mean_corruption``
+            pooled rows tested over images (``"test": "wilcoxon"``, plus ``"images_up"``,
+            ``"images_down"``); ``mce`` a plain difference (:mod:`rws.robustness.stats`).
         per_example: metric key (``"clean"``, ``"fog/3"``, ``"robust/pgd"``) → bool correctness
             per example; kept in memory only (not in JSON).
     """

@@ -215,6 +215,11 @@ def test_card_metadata_parses_as_the_hub_reads_it(report: Report) -> None:
     base = report.base
     assert f"| clean | {100 * base.clean:.1f}% | {100 * fog_v.clean:.1f}% |" in card
     assert f"| fog (mean over severities) | {100 * base.corruptions['fog'][3]:.1f}% |" in card
+    # p is the Holm-adjusted one, and the footnote names the tests
+    clean_vs = fog_v.vs_base["clean"]
+    assert "| Δ | p (Holm) |" in card and clean_vs["p_holm"] >= clean_vs["p_value"]
+    assert f"{100 * clean_vs['delta']:+.1f} pt | {clean_vs['p_holm']:.2g} |" in card
+    assert "Wilcoxon signed-rank test on per-image mean correctness" in card
     assert "rws apply base.safetensors hf://acme/digits/fog.rws.safetensors -o" in card
     assert 'rws.load("hf://acme/digits/fog.rws.safetensors")' in card
     assert "32 test examples of digits" in card and "seed 0" in card

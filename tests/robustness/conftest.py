@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rws.robustness.report import Report, Variant
-from rws.robustness.stats import compare
+from rws.robustness.stats import add_holm, compare
 
 
 def photos(size: int) -> torch.Tensor:
@@ -46,22 +46,30 @@ def photos96() -> torch.Tensor:
     return photos(96)
 
 
+def _test(test: str, delta: float, p: float, ci: list[float], gained: int, lost: int) -> dict:
+    return {"test": test, "delta": delta, "p_value": p, "ci95": ci, "gained": gained,
+            "lost": lost, "n": 4}  # fmt: skip
+
+
 def hand_report() -> Report:
-    """Two variants (base, fog@0.8) written by hand: fog at severities 1–2, pgd, mCE."""
+    """Two variants (base, fog@0.8) written by hand: fog at severities 1–2, pgd, mCE; the tests
+    in the current shape (``test``, ``ci95``, ``p_holm``)."""
     b = {"clean": torch.tensor([1, 1, 0, 1], dtype=torch.bool)}
     v = {"clean": torch.tensor([1, 0, 1, 1], dtype=torch.bool)}
     base = Variant("base", [], 0.75, {"fog": {1: 0.5, 2: 0.25}}, 0.375, 1.0, {"pgd": 0.25}, None, b)
+    fog1 = _test("mcnemar", 0.25, 0.5, [-0.2, 0.6], 1, 0)
+    fog2 = _test("mcnemar", 0.0, 1.0, [-0.5, 0.5], 1, 1)
+    pooled = {**_test("wilcoxon", 0.125, 0.5, [-0.25, 0.5], 2, 1), "images_up": 2, "images_down": 1}
+    pgd = _test("mcnemar", 0.25, 1.0, [-0.2, 0.6], 1, 0)
     vs = {
         "clean": compare(b["clean"], v["clean"]),
-        "corruptions": {"fog": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1,
-                                "severities": {1: {"delta": 0.25, "p_value": 0.5,
-                                                   "gained": 1, "lost": 0},
-                                               2: {"delta": 0.0, "p_value": 1.0,
-                                                   "gained": 1, "lost": 1}}}},
-        "mean_corruption": {"delta": 0.125, "p_value": 0.5, "gained": 2, "lost": 1},
+        "corruptions": {"fog": {**pooled, "severities": {1: fog1, 2: fog2}}},
+        "mean_corruption": dict(pooled),
         "mce": -0.2,
-        "robust": {"pgd": {"delta": 0.25, "p_value": 1.0, "gained": 1, "lost": 0}},
-    }  # fmt: skip
+        "robust": {"pgd": pgd},
+    }
+    c = vs["corruptions"]["fog"]
+    add_holm([vs["clean"], fog1, fog2, c, vs["mean_corruption"], pgd])
     patch = {"name": "fog", "alpha": 0.8, "scale": 1.0, "fingerprint": "ab" * 32, "source": ""}
     fog = Variant(
         "fog@0.8", [patch], 0.75, {"fog": {1: 0.75, 2: 0.25}}, 0.5, 0.8, {"pgd": 0.5}, vs, v

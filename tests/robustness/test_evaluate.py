@@ -1,4 +1,5 @@
-"""The evaluation engine: numbers against direct computations, paired inputs, McNemar, mCE,
+"""The evaluation engine: numbers against direct computations, paired inputs, the tests per row
+(McNemar, Wilcoxon over images, Holm), mCE,
 restoration of the model, CIFAR-10-C arrays and a 2-process gloo run equal to one process."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,9 +23,11 @@ from rws.errors import InputFileError, MalformedInputError, UnknownNameError, Us
 from rws.models import create_model
 from rws.robustness import distributed
 from rws.robustness.corruptions import corrupt
-from rws.robustness.evaluate import evaluate
+from rws.robustness.evaluate import _vs_base, evaluate
 from rws.robustness.mce import ALEXNET_ERRORS, baseline_errors, mean_corruption_error
 from rws.robustness.report import Report
+from rws.robustness.stats import holm, mcnemar_p
+from rws.robustness.variant import str_keys
 from rws.runtime.seed import derived_seed
 from tests.conftest import train
 
@@ -146,6 +150,46 @@ def test_patch_improves_gaussian_noise_significantly(run) -> None:
     assert vs["lost"] == int((pooled & ~pooled_v).sum())
     gain = mean(v.corruptions["gaussian_noise"]) - mean(base.corruptions["gaussian_noise"])
     assert vs["delta"] == pytest.approx(gain)
+
+
+def test_each_row_has_its_test_and_holm_over_the_variant(run) -> None:
+    _, report, _, _ = run
+    base, v = report.base, report.variant("gauss")
+    vs = v.vs_base
+    cells = [vs["clean"], vs["robust"]["pgd"]]
+    cells += [
+        r for c in SETTINGS["corruptions"] for r in vs["corruptions"][c]["severities"].values()
+    ]
+    pooled = [vs["corruptions"][c] for c in SETTINGS["corruptions"]] + [vs["mean_corruption"]]
+    assert {r["test"] for r in cells} == {"mcnemar"} and {r["test"] for r in pooled} == {"wilcoxon"}
+    family = cells + pooled  # 2 + 2·3 cells, 2 corruptions + the mean pooled: 11 tests
+    assert len(family) == 11
+    assert [r["p_holm"] for r in family] == pytest.approx(holm([r["p_value"] for r in family]))
+    for r in family:
+        assert r["p_value"] <= r["p_holm"] <= 1.0
+        assert r["ci95"][0] <= r["delta"] <= r["ci95"][1]
+    assert any(r["p_holm"] > r["p_value"] for r in family)
+    # the pooled p is scipy's Wilcoxon on each image's correct count over the 3 severities
+    from scipy.stats import wilcoxon
+
+    keys = [f"gaussian_noise/{s}" for s in SETTINGS["severities"]]
+    nb, nv = (torch.stack([p[k] for k in keys], 1).sum(1).numpy() for p in
+              (base.per_example, v.per_example))  # fmt: skip
+    row = vs["corruptions"]["gaussian_noise"]
+    expected = wilcoxon(nv, nb, zero_method="wilcox", correction=False).pvalue
+    assert row["p_value"] == pytest.approx(expected, rel=1e-9)
+    assert (row["images_up"], row["images_down"], row["n"]) == (
+        int((nv > nb).sum()),
+        int((nv < nb).sum()),
+        200,
+    )
+    # pooling the 600 (image, severity) cells into one McNemar overstates the evidence
+    assert mcnemar_p(row["gained"], row["lost"]) < row["p_value"]
+    # the bootstrap is seeded from the config: the same comparison again, the same bytes
+    again = _vs_base(base, v, SimpleNamespace(cells=[(c, s) for c in SETTINGS["corruptions"]
+                                                     for s in SETTINGS["severities"]]),
+                     report.config)  # fmt: skip
+    assert json.dumps(str_keys(again)) == json.dumps(str_keys(vs))
 
 
 def test_robust_below_clean_and_no_masking_warnings(run) -> None:

@@ -76,6 +76,13 @@ def test_csv_one_row_per_variant_and_metric(tmp_path) -> None:
     assert float(fog["clean"]["delta"]) == 0.0 and float(fog["clean"]["p_value"]) == 1.0
     assert float(fog["mce"]["delta"]) == -0.2 and fog["mce"]["p_value"] == ""
     assert rows[0]["delta"] == ""  # the base has no comparison
+    assert list(rows[0]) == ["variant", "metric", "value", "delta", "test", "p_value", "p_holm",
+                             "ci95_lo", "ci95_hi"]  # fmt: skip
+    pooled = fog["corruption/fog"]
+    assert pooled["test"] == "wilcoxon" and float(pooled["p_value"]) == 0.5
+    assert float(pooled["p_holm"]) == 1.0  # 6 tested rows: min(1, 6 · 0.5)
+    assert (float(pooled["ci95_lo"]), float(pooled["ci95_hi"])) == (-0.25, 0.5)
+    assert fog["corruption/fog/1"]["test"] == "mcnemar" and fog["mce"]["test"] == ""
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch) -> None:
@@ -107,8 +114,42 @@ def test_table_shows_accuracies_changes_and_p_values() -> None:
     console.print(_hand_report().table())
     text = console.export_text()
     assert "fog@0.8" in text and "75.0%" in text and "37.5%" in text
-    assert "+12.5 pt (p=0.5)" in text  # fog pooled over severities
+    assert "+12.5 pt (p=1)" in text  # fog pooled over severities: Holm-adjusted, raw p 0.5
+    assert "Holm-adjusted" in text and "+12.5 pt (p=0.5)" not in text
     assert "mCE" in text and "-20.0 pt" in text
+
+
+# A vs_base entry as reports stored it before the image-level tests and Holm (rws 0.1.0).
+OLD_VARIANT = {
+    "name": "gauss", "patches": [], "clean": 0.9, "corruptions": {"fog": {"1": 0.5, "2": 0.3}},
+    "mean_corruption": 0.4, "mce": None, "robust": {},
+    "vs_base": {"clean": {"delta": 0.02, "p_value": 0.012, "gained": 9, "lost": 2},
+                "corruptions": {"fog": {"delta": 0.1, "p_value": 4.4e-36, "gained": 60, "lost": 5,
+                                        "severities": {"1": {"delta": 0.1, "p_value": 1e-9,
+                                                             "gained": 30, "lost": 3}}}},
+                "mean_corruption": {"delta": 0.1, "p_value": 4.4e-36, "gained": 60, "lost": 5},
+                "mce": None, "robust": {}},
+}  # fmt: skip
+
+
+def test_old_report_without_test_keys_still_loads(tmp_path) -> None:
+    base = {**OLD_VARIANT, "name": "base", "vs_base": None}
+    (tmp_path / "old.json").write_text(json.dumps({"variants": [base, OLD_VARIANT],
+                                                   "settings": {"seed": 0}}))  # fmt: skip
+    r = Report.load_json(tmp_path / "old.json")
+    assert r.variant("gauss").vs_base["corruptions"]["fog"]["severities"][1]["gained"] == 30
+    rows = {x["metric"]: x for x in r.rows() if x["variant"] == "gauss"}
+    assert rows["mean_corruption"]["p_value"] == 4.4e-36
+    assert rows["mean_corruption"]["p_holm"] is None and rows["clean"]["test"] is None
+    assert rows["clean"]["ci95_lo"] is None
+    r.save_csv(tmp_path / "old.csv")
+    with open(tmp_path / "old.csv", newline="") as fh:
+        clean = next(x for x in csv.DictReader(fh) if x["variant"] == "gauss")
+    assert clean["p_value"] == "0.012" and clean["p_holm"] == "" and clean["ci95_hi"] == ""
+    console = Console(record=True, width=250, color_system=None)
+    console.print(r.table())
+    assert "+2.0 pt (raw p=0.012)" in console.export_text()  # never shown as Holm-adjusted
+    assert Report.from_dict(r.to_dict()).to_dict() == r.to_dict()
 
 
 def test_option_parsers() -> None:
