@@ -45,16 +45,17 @@ def plot_similarity(result: SimilarityResult) -> Figure:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     side = max(3.2, 0.45 * n + 1.6)
-    fig = new_figure(side * cols, side * rows)
+    fig = new_figure(side * cols, side * rows, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
-    for ax, (title, matrix) in zip(axes.flat, panels, strict=False):
+    for k, (ax, (title, matrix)) in enumerate(zip(axes.flat, panels, strict=False)):
         image = ax.imshow(np.array(matrix), vmin=-1.0, vmax=1.0, cmap="RdBu_r")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
         ax.set_xticklabels(result.labels, rotation=60, ha="right", fontsize=7)
-        ax.set_yticklabels(result.labels, fontsize=7)
+        # row labels once per row of panels: beside a neighbour they would overprint its cells
+        ax.set_yticklabels(result.labels if k % cols == 0 else [], fontsize=7)
         if n <= 10:
             for i in range(n):
                 for j in range(n):

@@ -17,6 +17,8 @@ def test_plot_similarity_writes_a_png(tmp_path: Path, hand_patch: HandPatch) -> 
     b = hand_patch("b", l1_weight=[[1.0, 1.0]], l2_weight=[[0.0, -2.0]])
     fig = plot_similarity(similarity([a, b]))
     assert len(fig.axes) == 4  # overall, layers l1 and l2, the colour bar
+    rows = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes[:3]]
+    assert rows == [["a", "b"], ["", ""], ["", ""]]  # row labels once, not over a neighbour
     save_figure(fig, tmp_path / "sim.png")
     assert (tmp_path / "sim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sim.png"]  # no temp file left behind
