@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 import rws
 from rws.cli.app import app
-from rws.demo import DemoConfig, run_demo
+from rws.demo import ARCH, DemoConfig, run_demo
 from rws.io.checkpoint import open_checkpoint
+from rws.models import load_model
 
 CFG = DemoConfig()  # the shipped signature library is this configuration's output (1 thread)
 
@@ -80,19 +81,48 @@ def test_cli_demo_and_bad_corruption(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    if not a.any() and not b.any():
+        return 1.0
+    return float(a @ b / (a.norm() * b.norm()))
+
+
 def test_regenerating_reproduces_the_shipped_signature_library(
     demo: tuple[Path, rws.Report],
 ) -> None:
-    """`signatures/` is `rws demo`'s output (see signatures/README.md); regenerating must give the
-    same tensors, bit for bit (the patch fingerprint covers names, codecs and stored bytes)."""
+    """`signatures/` is `rws demo`'s output (see signatures/README.md). Regenerating must give the
+    same signatures within a tolerance, not bit for bit, so that a corruption kernel or a numeric
+    path may improve: every stored tensor's delta at cosine ≥ 0.999 with the shipped one, and the
+    clean model patched with either at accuracies within 0.5 point (clean and on the signature's
+    corruption). Determinism on one machine is checked separately (training's resume tests, the
+    demo's second run above)."""
     out, _ = demo
     index = json.loads((ROOT / "signatures" / "index.json").read_text())
     assert sorted(e["corruption"] for e in index["signatures"]) == sorted(CFG.corruptions)
+    pairs = []
     for entry in index["signatures"]:
         shipped = rws.load(ROOT / "signatures" / entry["file"])
         fresh = rws.load(out / "signatures" / entry["file"])
-        assert fresh.fingerprint() == shipped.fingerprint(), entry["file"]
+        assert fresh.names() == shipped.names(), entry["file"]
+        for name in shipped.names():
+            cos = _cosine(fresh.delta(name), shipped.delta(name))
+            assert cos >= 0.999, f"{entry['file']}: {name} cosine {cos:.5f}"
+        k = entry["corruption"]
+        pairs += [shipped.replace(name=f"{k}/shipped"), fresh.replace(name=f"{k}/fresh")]
+    clean = load_model(ARCH, ROOT / "signatures" / "clean.safetensors", 10)
+    report = rws.evaluate(clean, "digits", corruptions=list(CFG.corruptions), patches=pairs,
+                          seed=CFG.seed, device="cpu")  # fmt: skip
+    for k in CFG.corruptions:
+        a, b = report.variant(f"{k}/shipped"), report.variant(f"{k}/fresh")
+        assert abs(a.clean - b.clean) <= 0.005, (k, a.clean, b.clean)
+        assert abs(_mean(a, k) - _mean(b, k)) <= 0.005, (k, _mean(a, k), _mean(b, k))
     for name in ("origin.safetensors", "clean.safetensors"):
         a = open_checkpoint(ROOT / "signatures" / name).state_dict()
         b = open_checkpoint(out / name).state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert a.keys() == b.keys(), name
+        for key in a:
+            if a[key].is_floating_point():
+                assert _cosine(a[key], b[key]) >= 0.999, (name, key)
+            else:
+                assert torch.equal(a[key], b[key]), (name, key)  # e.g. num_batches_tracked
