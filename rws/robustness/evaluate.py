@@ -42,7 +42,7 @@ from rws.robustness.stats import accuracy, add_holm, compare, compare_pooled
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
-from rws.runtime.seed import derived_seed
+from rws.runtime.seed import derived_seed, generator
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _run_variant(
     for name in cfg.attack if attacks else ():
         for b, clean_ok in zip(inp.local, res.get("clean", []), strict=True):
             a, z = inp.batches[b]
-            g = torch.Generator().manual_seed(derived_seed(cfg.seed, "attack", name, b))
+            g = generator(derived_seed(cfg.seed, "attack", name, b))
             xb, yb = inp.clean(b).to(dev), inp.y[a:z].to(dev)
             x_adv = run_attack(model, xb, yb, name, eps=cfg.eps, steps=cfg.steps, norm=cfg.norm,
                                generator=g)  # fmt: skip
@@ -111,7 +111,7 @@ def _masking(model: nn.Module, inp: EvalInputs, cfg: EvalConfig, dev: torch.devi
     if dist.is_main():
         k = min(cfg.masking_examples, inp.x.shape[0])
         x, y = inp.x[:k].to(dev), inp.y[:k].to(dev)
-        g = torch.Generator().manual_seed(derived_seed(cfg.seed, "masking"))
+        g = generator(derived_seed(cfg.seed, "masking"))
         warnings = check_gradient_masking(model, x, y, norm=cfg.norm, generator=g)
     return dist.broadcast(warnings)
 

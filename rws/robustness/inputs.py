@@ -33,7 +33,7 @@ from rws.errors import MalformedInputError, UsageError
 from rws.io.hashing import tensor_sha256
 from rws.robustness import distributed as dist
 from rws.robustness.corruptions import corrupt, get_corruption
-from rws.runtime.seed import derived_seed
+from rws.runtime.seed import derived_seed, generator
 
 Params = Literal["auto", "cifar", "imagenet"]
 Cell = tuple[str, int]
@@ -65,7 +65,7 @@ def _cell_batch(
 ) -> torch.Tensor:  # fmt: skip
     """Global batch ``b`` of ``x`` in ``cell``, uint8 on the CPU."""
     xb = x[b * batch_size : (b + 1) * batch_size]
-    g = torch.Generator().manual_seed(cell_seed(seed, *cell, b))
+    g = generator(cell_seed(seed, *cell, b))
     out = corrupt(xb if device is None else xb.to(device), *cell, params=params, generator=g)
     return quantize(out).cpu()
 
@@ -172,7 +172,7 @@ def _training_copy(
     x: torch.Tensor, cells: list[Cell], *, seed: int, batch_size: int
 ) -> torch.Tensor:
     """Fine-tuning's validation draws: one generator through the cells in turn (bit-stable)."""
-    g = torch.Generator().manual_seed(derived_seed(seed, "val"))
+    g = generator(derived_seed(seed, "val"))
     out = x.clone()
     for k, (name, sev) in enumerate(cells):
         idx = torch.arange(k, len(x), len(cells))

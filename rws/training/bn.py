@@ -14,6 +14,7 @@ from rws.errors import UsageError
 from rws.robustness.corruptions import get_corruption
 from rws.robustness.inputs import random_corruption
 from rws.runtime.device import model_device
+from rws.runtime.seed import generator as seeded_generator
 from rws.training.config import check_float, check_int
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def recalibrate_bn(
     if not bns:
         logger.warning("the model has no BatchNorm running statistics; nothing to recalibrate")
         return model
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    g = generator if generator is not None else seeded_generator(0)
     dev = model_device(model)
     saved = [(m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
     done = False

@@ -29,7 +29,7 @@ from rws.io.hashing import state_sha256
 from rws.robustness.inputs import corrupted_inputs, random_corruption
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.progress import progress_bar
-from rws.runtime.seed import forked_rng
+from rws.runtime.seed import forked_rng, generator
 from rws.training.config import EpochStats, TrainConfig, TrainResult
 from rws.training.freeze import frozen_except, train_mode
 from rws.training.metrics import accuracy, adversarial, robust_accuracy
@@ -170,7 +170,7 @@ def _finetune(
     progress: bool,
 ) -> TrainResult:
     opt = _make_optimizer(model, config)
-    g = torch.Generator().manual_seed(config.seed)
+    g = generator(config.seed)
     history: list[EpochStats] = []
     best_state: dict[str, torch.Tensor] | None = None
     state_path: Path | None = None

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rws.robustness.attacks import attack
-from rws.runtime.seed import derived_seed
+from rws.runtime.seed import derived_seed, generator
 from rws.training.config import TrainConfig
 
 __all__ = ["accuracy", "adversarial", "robust_accuracy"]
@@ -57,6 +57,6 @@ def robust_accuracy(
     """Accuracy under the training attack, with random starts fixed for the run's seed."""
     if len(y) == 0:
         return math.nan
-    g = torch.Generator().manual_seed(derived_seed(config.seed, "val-attack"))
+    g = generator(derived_seed(config.seed, "val-attack"))
     x_adv = adversarial(model, x.to(dev), y.to(dev), config, g, batch_size=bs)
     return accuracy(model, x_adv, y, bs, dev)

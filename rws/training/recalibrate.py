@@ -21,6 +21,7 @@ from rws.io.safetensors_write import save_tensors
 from rws.models import load_model
 from rws.patching.files import FileResult, apply_file
 from rws.patching.patch import Patch, as_items
+from rws.runtime.seed import generator
 from rws.training.bn import recalibrate_bn
 
 RECALIBRATED_KEY = "rws.recalibrated_bn"
@@ -60,7 +61,7 @@ def recalibrate_file(
         raise UsageError(f"--recalibrate-bn: {arch} has no BatchNorm layer to recalibrate")
     with open_checkpoint(checkpoint) as ck:
         metadata = dict(ck.metadata)
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     recalibrate_bn(model, dataset.train.x, corruption=list(corruptions) or None,
                    severity=severity if corruptions else None, generator=g)  # fmt: skip
     info: dict[str, object] = {"data": data, "corruptions": list(corruptions), "seed": seed}

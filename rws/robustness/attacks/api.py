@@ -13,6 +13,7 @@ from rws.errors import UsageError
 from rws.robustness.attacks._core import predict
 from rws.robustness.attacks.registry import ATTACKS
 from rws.runtime.modes import eval_mode
+from rws.runtime.seed import generator as seeded_generator
 
 Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")
@@ -170,7 +171,7 @@ def attack(
     y = y.detach().to(device=x.device, dtype=torch.long)
     if x.shape[0] == 0:
         return x.clone()
-    gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
+    gen = generator if generator is not None else seeded_generator(DEFAULT_SEED)
     chunk = batch_size or x.shape[0]
     step_size = None if step_size is None else float(step_size)
     with eval_mode(model), torch.autocast(x.device.type, enabled=False):
