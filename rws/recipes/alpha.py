@@ -24,11 +24,11 @@ from rws.patching.ops import patched
 from rws.patching.patch import Patch
 from rws.robustness.attacks import attack, parse_eps
 from rws.robustness.inputs import corrupted_inputs
+from rws.runtime.checks import check_int
 from rws.runtime.device import model_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import generator
-from rws.training.config import check_int
 from rws.training.metrics import accuracy
 
 METRICS = ("clean", "corrupted", "robust")

@@ -34,11 +34,11 @@ from rws.data.types import ImageDataset, Split
 from rws.errors import UsageError
 from rws.patching.selection import group_layers, module_of
 from rws.robustness.attacks import attack, parse_eps
+from rws.runtime.checks import check_float, check_int
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import generator
-from rws.training.config import check_float, check_int
 from rws.training.freeze import grad_only
 
 __all__ = [

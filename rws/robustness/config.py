@@ -14,6 +14,7 @@ from rws.robustness.attacks import ATTACKS, parse_eps
 from rws.robustness.attacks.api import NORMS
 from rws.robustness.corruptions import CORRUPTIONS, get_corruption
 from rws.robustness.corruptions.params import TABLES
+from rws.runtime.checks import check_positive
 from rws.runtime.device import DEVICE_PATTERN
 
 __all__ = ["EvalConfig"]
@@ -30,13 +31,6 @@ def _names(value: object, *, all_of: Sequence[str] = ()) -> tuple[str, ...]:
         return tuple(all_of)
     items = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     return tuple(dict.fromkeys(str(v) for v in items))
-
-
-def _positive(name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -109,10 +103,10 @@ class EvalConfig:
         for a in self.attack:
             ATTACKS.entry(a)
         put("eps", parse_eps(self.eps))
-        _positive("batch_size", self.batch_size)
-        _positive("steps", self.steps, optional=True)
-        _positive("n_examples", self.n_examples, optional=True)
-        _positive("masking_examples", self.masking_examples)
+        check_positive("batch_size", self.batch_size)
+        check_positive("steps", self.steps, optional=True)
+        check_positive("n_examples", self.n_examples, optional=True)
+        check_positive("masking_examples", self.masking_examples)
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):

@@ -33,6 +33,7 @@ from rws.errors import MalformedInputError, UsageError
 from rws.io.hashing import tensor_sha256
 from rws.robustness import distributed as dist
 from rws.robustness.corruptions import corrupt, get_corruption
+from rws.runtime.checks import check_positive
 from rws.runtime.seed import derived_seed, generator
 
 Params = Literal["auto", "cifar", "imagenet"]
@@ -148,8 +149,7 @@ def corrupted_inputs(
     for name in names:
         get_corruption(name)
     lo, hi = severity_range(severity)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive("batch_size", batch_size)
     if draws not in ("eval", "train"):
         raise UsageError(f"draws must be 'eval' or 'train', got {draws!r}")
     if not names or len(x) == 0:

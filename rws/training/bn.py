@@ -13,9 +13,9 @@ from rws.data.types import Split
 from rws.errors import UsageError
 from rws.robustness.corruptions import get_corruption
 from rws.robustness.inputs import random_corruption
+from rws.runtime.checks import check_float, check_int
 from rws.runtime.device import model_device
 from rws.runtime.seed import generator as seeded_generator
-from rws.training.config import check_float, check_int
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from torch import nn
 from rws.data.severity import severity_range
 from rws.errors import UnknownNameError, UsageError
 from rws.robustness.corruptions import get_corruption
+from rws.runtime.checks import check_float, check_int
 from rws.runtime.device import DEVICE_PATTERN
 
 OPTIMIZERS = ("sgd", "adam")
@@ -31,23 +32,7 @@ _LATER = (
     "keep_best",
 )
 
-__all__ = ["EpochStats", "TrainConfig", "TrainResult", "check_float", "check_int"]
-
-
-def check_int(name: str, value: object, low: int) -> int:
-    """``value`` if it is an integer ≥ ``low``; else ``UsageError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    return value
-
-
-def check_float(name: str, value: object, low: float, high: float = math.inf) -> float:
-    """``value`` as a float if finite and in ``[low, high)``; else ``UsageError`` naming ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not low <= value < high:  # type: ignore[arg-type]
-        span = f"in [{low:g}, {high:g})" if high < math.inf else f"≥ {low:g}"
-        raise UsageError(f"{name} must be a number {span}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+__all__ = ["EpochStats", "TrainConfig", "TrainResult"]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from torch import nn
 from rws.errors import UsageError
 from rws.robustness.attacks._core import predict
 from rws.robustness.attacks.registry import ATTACKS
+from rws.runtime.checks import check_positive
 from rws.runtime.modes import eval_mode
 from rws.runtime.seed import generator as seeded_generator
 
@@ -45,13 +46,6 @@ def parse_eps(value: str | float) -> float:
     if not math.isfinite(eps) or eps <= 0:
         raise UsageError(f"eps must be a positive finite number, got {value!r}")
     return eps
-
-
-def _positive_int(name: str, value: object, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -151,9 +145,9 @@ def attack(
     eps_f = parse_eps(eps)
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    _positive_int("steps", steps, optional=True)
-    _positive_int("restarts", restarts, optional=False)
-    _positive_int("batch_size", batch_size, optional=True)
+    check_positive("steps", steps, optional=True)
+    check_positive("restarts", restarts, optional=False)
+    check_positive("batch_size", batch_size, optional=True)
     if entry.info.get("single_step") and (steps not in (None, 1) or restarts != 1):
         raise UsageError(f"{method} is a single-step attack; it takes no steps or restarts")
     if step_size is not None and (
