@@ -150,7 +150,7 @@ def main() -> None:
     )
     compare_with_reference(at_model, data)
 
-    alpha = AlphaSettings(corruptions=CORRUPTIONS, max_robust_drop=0.001)
+    alpha = AlphaSettings(corruptions=CORRUPTIONS, max_robust_drop=0.1, copy="cycled")
     xt, yt = data.test.x, data.test.y
     xc = corrupted_inputs(xt, CORRUPTIONS, (1, 5), seed=1)
     before = accuracies(at_model, xt, yt, xc)

@@ -4,14 +4,17 @@ from rws._version import __version__
 from rws.errors import RwsError
 from rws.hub.client import pull, push
 from rws.methods import list_methods
-from rws.methods.extract import extract, layer_deltas
+from rws.methods.extract import layer_deltas
 from rws.models import list_models
 from rws.patching.codecs import list_codecs
 from rws.patching.describe import describe
 from rws.patching.files import apply_file, remove_file
-from rws.patching.ops import apply, patched, remove
-from rws.patching.patch import Patch, compose, load
+from rws.patching.ops import patched, remove
+from rws.patching.patch import Patch, load
+from rws.recipes.apply import apply
+from rws.recipes.compose import compose
 from rws.recipes.criticality import mrc
+from rws.recipes.extract import extract
 from rws.recipes.interpolation import interpolate
 from rws.recipes.rift import rift
 from rws.robustness.attacks import attack, list_attacks

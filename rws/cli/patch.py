@@ -13,7 +13,6 @@ from rws.cli.options import (
     BlocksizeOpt,
     BnOpt,
     CodecOpt,
-    CriterionOpt,
     DescriptionOpt,
     DeviceOpt,
     ExcludeOpt,
@@ -28,28 +27,40 @@ from rws.cli.options import (
     PlotOpt,
     SeverityOpt,
     TagOpt,
+    parse_corruptions,
     parse_patch_arg,
     parse_tags,
 )
 from rws.cli.render import (
-    alpha_table,
     layer_table,
     patch_summary,
     print_checkpoint,
     print_patch,
 )
+from rws.cli.search import (
+    AlphaOpt,
+    LayersOpt,
+    MaxCleanDropOpt,
+    MaxRobustDropOpt,
+    SearchCorruptionsOpt,
+    SearchCriterionOpt,
+    parse_alpha,
+    render_composition,
+    render_operating_point,
+    search_keywords,
+)
 from rws.data.severity import parse_severity
 from rws.errors import UsageError
 from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
-from rws.methods import InterpolationOptions, method_options
-from rws.methods.extract import extract as extract_patch
+from rws.methods import method_options
 from rws.methods.extract import layer_deltas
 from rws.patching.describe import describe
 from rws.patching.files import apply_file, remove_file
 from rws.patching.patch import Patch, load
 from rws.patching.patch import compose as compose_patches
-from rws.recipes.interpolation import interpolate
+from rws.recipes.compose import compose as compose_searched
+from rws.recipes.extract import extract as extract_searched
 from rws.training.recalibrate import apply_and_recalibrate
 
 
@@ -74,16 +85,14 @@ def extract(
         str | None, typer.Option(help="--method rws: the origin W0 both models were tuned from.")
     ] = None,
     bn: BnOpt = None,
-    alpha: Annotated[
-        str | None,
-        typer.Option(help="--method interpolation: the scale α, or auto (needs --data)."),
-    ] = None,
+    alpha: AlphaOpt = None,
     data: MaybeDataOpt = None,
     arch: MaybeArchOpt = None,
-    criterion: CriterionOpt = "clean",
-    max_robust_drop: Annotated[
-        float | None, typer.Option(help="--alpha auto: largest PGD-accuracy fall (fraction).")
-    ] = None,
+    layers: LayersOpt = None,
+    corruptions: SearchCorruptionsOpt = None,
+    criterion: SearchCriterionOpt = None,
+    max_clean_drop: MaxCleanDropOpt = None,
+    max_robust_drop: MaxRobustDropOpt = None,
     plot: PlotOpt = None,
     device: DeviceOpt = "auto",
     codec: CodecOpt = "fp32",
@@ -105,6 +114,10 @@ def extract(
     Signature: rws extract --method rws --origin w0.safetensors clean.safetensors fog-1.safetensors
     fog-2.safetensors -o fog.rws.safetensors (the projection of REFERENCES: RWS = dk − proj_dc dk)
 
+    Operating point (α, and with --layers auto the shallow layers, chosen on the validation split so
+    that clean accuracy falls at most --max-clean-drop points): add --alpha auto --data digits
+    --arch resnet20 [--corruptions fog] [--layers auto] [--plot curve.png]
+
     Interpolation (α given, or chosen on --data): rws extract --method interpolation --alpha auto
     --data digits --arch small-cnn at.safetensors tuned.safetensors -o wise.safetensors
 
@@ -113,34 +126,27 @@ def extract(
     check_output_path(output, [base, *tuned, *([origin] if origin else [])])
     if plot is not None:
         check_output_path(plot, [base, *tuned])
-    given = {"origin": origin, "robust": tuned[1:], "bn": bn, "alpha": alpha}
-    options = method_options(method, given)
-    if alpha not in (None, "auto") and (data or plot or max_robust_drop is not None):
-        raise UsageError("--data, --plot and --max-robust-drop go with --alpha auto")
-    common = dict(codec=codec, blocksize=blocksize, shallow=shallow, energy=energy,
-                  include=include, exclude=exclude, name=name, description=description,
-                  tags=parse_tags(tag))  # fmt: skip
-    if isinstance(options, InterpolationOptions):
-        patch = interpolate(
-            base, tuned[0], alpha=options.alpha, data=data, arch=arch, criterion=criterion,
-            max_robust_drop=max_robust_drop, device=device, progress=True, **common,
-        )  # fmt: skip
-    else:
-        patch = extract_patch(base, tuned[0], method=method, options=options, **common)
+    a = parse_alpha(alpha)
+    search = search_keywords(alpha=a, data=data, layers=layers, corruptions=corruptions,
+                             criterion=criterion, max_clean_drop=max_clean_drop,
+                             max_robust_drop=max_robust_drop, plot=plot)  # fmt: skip
+    given = {"origin": origin, "robust": tuned[1:], "bn": bn}
+    if method == "interpolation":
+        given["alpha"] = alpha
+    options = method_options(method, given)  # checked here; interpolation takes α itself
+    patch = extract_searched(
+        base, tuned[0], method=method, alpha=a,
+        **({} if method == "interpolation" else {"options": options}), layers=layers, data=data,
+        arch=arch, device=device, progress=True, search=search, codec=codec, blocksize=blocksize,
+        shallow=shallow, energy=energy, include=include, exclude=exclude, name=name,
+        description=description, tags=parse_tags(tag),
+    )  # fmt: skip
     patch.save(output)
     _render_extract(patch, output, plot)
 
 
 def _render_extract(patch: Patch, output: Path, plot: Path | None) -> None:
-    if "alpha_curve" in patch.provenance:
-        from rws.recipes.alpha import AlphaCurve
-        from rws.recipes.plots import plot_alpha_curve
-
-        curve = AlphaCurve.from_dict(patch.provenance["alpha_curve"])
-        out.print(alpha_table(curve))
-        if plot is not None:
-            save_figure(plot_alpha_curve(curve, title="interpolation"), plot)
-            out.print(f"wrote {plot}", markup=False)
+    render_operating_point(patch, plot)
     if patch.kind == "rws" and not patch.provenance.get("projection", True):
         err.print(
             "note: no --origin: the signature is the plain delta TUNED − BASE (no projection)"
@@ -220,17 +226,50 @@ def compose(
     blocksize: BlocksizeOpt = 64,
     name: NameOpt = "",
     force: ForceOpt = False,
+    search: Annotated[
+        bool, typer.Option("--search", help="Choose each patch's coefficient on --data.")
+    ] = False,
+    base: Annotated[
+        str | None, typer.Option(help="--search: the checkpoint the composition patches.")
+    ] = None,
+    arch: MaybeArchOpt = None,
+    data: MaybeDataOpt = None,
+    corruptions: SearchCorruptionsOpt = None,
+    max_clean_drop: MaxCleanDropOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
-    """Weighted sum Σ α·P of patches, re-encoded with --codec.
+    """Weighted sum Σ α·P of patches, re-encoded with --codec; --search chooses the α.
 
     Example: rws compose fog.rws.safetensors:0.5 snow.rws.safetensors:0.5 -o both.rws.safetensors
+
+    Searched: rws compose fog.rws.safetensors noise.rws.safetensors --search --base clean.safetensors
+    --arch resnet20 --data digits --max-clean-drop 1 -o both.rws.safetensors (coefficients that
+    maximise the mean accuracy over the patches' corruptions on the validation split)
     """
     check_output_path(output, [parse_patch_arg(p)[0] for p in patches])
-    patch = compose_patches(
-        _with_alpha(patches), codec=codec, blocksize=blocksize, force=force, name=name
-    )
+    items = _with_alpha(patches)
+    kw = dict(codec=codec, blocksize=blocksize, force=force, name=name)
+    if not search:
+        if any(v is not None for v in (base, data, corruptions, max_clean_drop)):
+            raise UsageError("--base, --data, --corruptions and --max-clean-drop go with --search")
+        patch = compose_patches(items, **kw)
+    else:
+        patch = compose_searched(items, search=True, model=base, arch=arch, data=data,
+                                 **search_keywords_compose(corruptions, max_clean_drop),
+                                 device=device, progress=True, **kw)  # fmt: skip
+        render_composition(patch, [p.label for p, _ in items])
     patch.save(output)
     out.print(f"wrote {output}: {patch_summary(describe(output))}")
+
+
+def search_keywords_compose(corruptions: str | None, max_clean_drop: float | None) -> dict:
+    """``rws compose --search``'s optional settings as library keywords."""
+    kw: dict[str, Any] = {}
+    if corruptions is not None:
+        kw["corruptions"] = list(parse_corruptions(corruptions))
+    if max_clean_drop is not None:
+        kw["max_clean_drop"] = max_clean_drop
+    return kw
 
 
 def scale(

@@ -104,6 +104,19 @@ def alpha_table(curve: Any) -> Table:
     return t
 
 
+def composition_table(res: dict[str, Any], labels: list[str]) -> Table:
+    """A composition search (``provenance["composition_search"]``): the chosen coefficients
+    (bold) against nothing, the uniform 1/|K| and each patch alone."""
+    t = Table("composition", *labels, "clean", "corrupted (mean)")
+    rows = [("none", res["base"]), ("uniform 1/|K|", res["uniform"])]
+    rows += [(f"{labels[k]} alone", p) for k, p in enumerate(res["singles"])]
+    rows.append(("searched", res["chosen"]))
+    for name, p in rows:
+        t.add_row(name, *(f"{c:g}" for c in p["coefficients"]), f"{100 * p['clean']:.2f}",
+                  f"{100 * p['corrupted']:.2f}", style="bold" if name == "searched" else None)  # fmt: skip
+    return t
+
+
 def mrc_table(res: Any) -> Table:
     """Module robust criticality (:class:`rws.recipes.criticality.MrcResult`), least critical in bold."""
     least = res.least_critical.module

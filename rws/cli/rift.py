@@ -114,8 +114,8 @@ def rift_command(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
     criterion: CriterionOpt = "clean",
     max_robust_drop: Annotated[
-        float, typer.Option(help="Largest PGD-accuracy fall allowed (fraction; 0.001 = 0.1 pt).")
-    ] = 0.001,
+        float, typer.Option(help="Largest PGD-accuracy fall allowed, in accuracy points.")
+    ] = 0.1,
     corruptions: CorruptionsOpt = "all",
     eps: EpsOpt = "8/255",
     steps: Annotated[int, typer.Option(help="PGD iterations (MRC set and α search).")] = 10,
@@ -142,7 +142,7 @@ def rift_command(
                      n_examples=n_examples, seed=seed)  # fmt: skip
     alpha = AlphaSettings(criterion=criterion, max_robust_drop=max_robust_drop,
                           corruptions=parse_corruptions(corruptions), attack_eps=ms.attack_eps,
-                          attack_steps=steps, seed=seed)  # fmt: skip
+                          attack_steps=steps, seed=seed, copy="cycled")  # fmt: skip
     cfg = rift_train_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     _check_outputs([output, plot], [weights])
     res = rift(*_load(arch, weights, data), module=module, mrc_settings=ms, train_config=cfg,

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ class PatchReport:
     mismatched: list[str] = field(default_factory=list)  # apply: forced past a fingerprint
     inexact: list[str] = field(default_factory=list)  # remove: not restored bit for bit
     warnings: list[str] = field(default_factory=list)
+    operating_point: dict[str, Any] | None = None  # rws.apply(scale="auto"): the search
 
 
 def group_by_tensor(

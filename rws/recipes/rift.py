@@ -124,7 +124,7 @@ def rift(
         module: fine-tune this module instead of the least critical one (MRC is still measured).
         mrc_settings, train_config, alpha_settings: the three steps' recipes (reference defaults:
             :class:`~rws.recipes.criticality.MrcSettings`, :func:`rift_train_config`, and an α grid
-            0…1 with the clean criterion, ``max_robust_drop=0.001`` and the MRC attack's ε).
+            0…1 with the clean criterion, ``max_robust_drop=0.1`` (points) and the MRC attack's ε).
         codec: how the delta is stored (``fp32`` keeps it exact).
         work_dir: keep ``mrc.json`` and the fine-tuning checkpoints here; a rerun resumes.
         device: ``auto``, ``cpu`` or ``cuda[:n]``.
@@ -161,7 +161,7 @@ def rift(
     ckdir = work / FINETUNE_DIR if work is not None else None
     res = finetune(tuned, dataset, cfg, checkpoint_dir=ckdir, progress=progress)
     delta = extract(model, tuned, method="delta", codec=codec, include=list(layers[chosen]))
-    a_settings = alpha_settings or AlphaSettings(attack_eps=ms.attack_eps,
+    a_settings = alpha_settings or AlphaSettings(attack_eps=ms.attack_eps, copy="cycled",
                                                  attack_steps=ms.attack_steps, seed=ms.seed)  # fmt: skip
     with on_device(model, device):
         curve = alpha_curve(model, delta, dataset.val, a_settings, progress=progress)

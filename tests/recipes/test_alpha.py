@@ -19,12 +19,12 @@ from tests.conftest import Trained
 def test_choose_alpha_rule() -> None:
     pts = [AlphaPoint(0.0, 0.80, 0.60, 0.50), AlphaPoint(0.5, 0.85, 0.62, 0.50),
            AlphaPoint(0.8, 0.90, 0.65, 0.49), AlphaPoint(1.0, 0.90, 0.66, 0.40)]  # fmt: skip
-    assert choose_alpha(pts, {"clean": 1}, 0.001).alpha == 0.5  # 0.8 loses a robust point
-    assert choose_alpha(pts, {"clean": 1}, 0.02).alpha == 0.8  # tie with 1.0: the smaller α
+    assert choose_alpha(pts, {"clean": 1}, 0.1).alpha == 0.5  # 0.8 loses a robust point
+    assert choose_alpha(pts, {"clean": 1}, 2).alpha == 0.8  # tie with 1.0: the smaller α
     assert choose_alpha(pts, {"clean": 1}, None).alpha == 0.8
     assert choose_alpha(pts, {"corrupted": 1}, None).alpha == 1.0
     assert choose_alpha(pts, {"robust": 1}, None).alpha == 0.0
-    assert choose_alpha(pts, parse_criterion("clean=1,corrupted=0.5"), 0.02).alpha == 0.8
+    assert choose_alpha(pts, parse_criterion("clean=1,corrupted=0.5"), 2).alpha == 0.8
     assert parse_criterion("clean+corrupted") == {"clean": 1.0, "corrupted": 1.0}
     for bad in ("accuracy", "clean=x", "clean=0"):
         with pytest.raises(UsageError):
@@ -58,7 +58,7 @@ def test_alpha_curve_measures_each_alpha_and_restores_the_model(
     patch = rws.extract(trained.clean, trained.tuned) * 2.0  # patch.scale multiplies every α
     split = Split(digits.val.x[:96], digits.val.y[:96])
     s = AlphaSettings(grid=(0.5,), corruptions=("gaussian_noise",), severity=(2, 3),
-                      attack_steps=0, batch_size=32, seed=1)  # fmt: skip
+                      attack_steps=0, batch_size=32, seed=1, refine=0, copy="cycled")  # fmt: skip
     curve = alpha_curve(model, patch, split, s)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.alpha for p in curve.points] == [0.0, 0.5] and curve.n_examples == 96

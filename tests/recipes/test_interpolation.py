@@ -34,7 +34,7 @@ def test_interpolate_records_alpha_and_passes_extract_options(trained: Trained) 
     )
     with pytest.raises(UsageError, match="give a number or auto"):
         rws.interpolate(trained.clean, trained.tuned, alpha="half")
-    with pytest.raises(UsageError, match=r"needs validation data \(--data\)"):
+    with pytest.raises(UsageError, match=r"needs validation data \(--data"):
         rws.interpolate(trained.clean, trained.tuned, alpha="auto")
 
 
@@ -51,13 +51,16 @@ def test_cli_extract_interpolation(files: Path) -> None:
     assert code == 0, err
     p = rws.load(f / "auto.safetensors")
     curve = p.provenance["alpha_curve"]
-    assert p.scale == curve["chosen"] and len(curve["points"]) == 11
+    alphas = [pt["alpha"] for pt in curve["points"]]
+    assert p.scale == curve["chosen"] and {round(0.1 * i, 1) for i in range(11)} <= set(alphas)
+    assert len(alphas) > 11 and alphas == sorted(alphas)  # the grid, then the local refinement
     assert max(pt["clean"] for pt in curve["points"]) == next(
         pt["clean"] for pt in curve["points"] if pt["alpha"] == p.scale
     )
     assert (f / "i.png").stat().st_size > 1000 and "robust (PGD)" in out
     for args, what in (
-        (["--alpha", "0.5"], "--method interpolation"),  # --alpha with --method delta
+        (["--data", "digits"], "go with --alpha auto"),
+        (["--alpha", "auto", "--data", "digits", "--layers", "3"], "only auto"),
         (["--method", "interpolation"], "--alpha"),
         (["--method", "interpolation", "--alpha", "auto"], "--data"),
         (["--method", "interpolation", "--alpha", "x"], "number or auto"),

@@ -91,7 +91,7 @@ def test_rift_patch_reproduces_its_curve(at: tuple, small: ImageDataset, tmp_pat
     model, _ = at
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ms = MrcSettings(passes=2, attack_steps=3, n_examples=128, batch_size=64)
-    alpha = AlphaSettings(grid=(0.5, 1.0), attack_steps=3, max_robust_drop=0.02)
+    alpha = AlphaSettings(grid=(0.5, 1.0), attack_steps=3, max_robust_drop=2, copy="cycled")
     res = rift(model, small, mrc_settings=ms, train_config=rift_train_config(epochs=2, lr=0.01),
                alpha_settings=alpha, device="cpu", work_dir=tmp_path)  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -88,7 +88,7 @@ def test_alpha_search_measures_what_evaluate_measures(digits: Split) -> None:
         other.fc.weight.add_(0.01)
     patch = rws.extract(model, other)
     settings = AlphaSettings(grid=(0.0,), corruptions=("fog", "gaussian_noise"), severity=(2, 3),
-                             attack_steps=0, batch_size=16, seed=4)  # fmt: skip
+                             attack_steps=0, batch_size=16, seed=4, copy="cycled")  # fmt: skip
     curve = alpha_curve(model, patch, Split(x, y), settings)
     report = evaluate(model, (x, y), corruptions=["fog", "gaussian_noise"], severities=(2, 3),
                       batch_size=16, seed=4, device="cpu")  # fmt: skip
