@@ -11,6 +11,7 @@ from rws.cli.console import err, out
 from rws.cli.options import parse_corruptions
 from rws.cli.render import alpha_table, composition_table
 from rws.errors import UsageError
+from rws.recipes.alpha import parse_criterion
 from rws.io.figures import save_figure
 from rws.patching.patch import Patch
 
@@ -100,7 +101,7 @@ def search_keywords(
     if corruptions is not None:
         search["corruptions"] = list(parse_corruptions(corruptions))
     if criterion is not None:
-        search["criterion"] = criterion
+        search["criterion"] = parse_criterion(criterion)
     if max_clean_drop is not None:
         search["max_clean_drop"] = max_clean_drop
     if max_robust_drop is not None:

@@ -367,9 +367,10 @@ def test_extract_method_rift_is_gone_and_says_where_it_went(ws: Path) -> None:
             "--origin needs --method rws (not --method delta)",
         ),
         (["--bn", "skip"], "--bn needs --method rws (not --method delta)"),
-        (["--alpha", "0.5"], "--alpha A|auto needs --method interpolation (not --method delta)"),
+        (["--alpha", "half"], "--alpha 'half': give a number or auto"),
         (["--method", "interpolation"], "--method interpolation needs --alpha A|auto"),
-        (["--method", "rws", "--alpha", "1"], "--alpha A|auto needs --method interpolation"),
+        (["--method", "rws", "--alpha", "auto"], "--alpha auto needs validation data (--data)"),
+        (["--layers", "auto"], "--layers go with --alpha auto"),
         (["--method", "interpolation", "--alpha", "x"], "--alpha 'x': give a number or auto"),
         (["--method", "rws", "--bn", "mean"], "unknown bn mode 'mean'; choose one of: average,"),
         (
@@ -378,7 +379,10 @@ def test_extract_method_rift_is_gone_and_says_where_it_went(ws: Path) -> None:
         ),
         (["--codec", "int7"], "unknown codec 'int7'; choose one of: fp32, fp16, bf16, int8"),
         (["--arch", "resnet7"], "unknown model 'resnet7'; choose one of: "),
-        (["--criterion", "accuracy"], "criterion 'accuracy': unknown metric 'accuracy'"),
+        (
+            ["--alpha", "auto", "--data", "digits", "--criterion", "accuracy"],
+            "criterion 'accuracy': unknown metric 'accuracy'",
+        ),
     ],
 )
 def test_method_options_are_routed_by_the_library(ws: Path, extra: list[str], message: str) -> None:
