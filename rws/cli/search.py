@@ -11,9 +11,9 @@ from rws.cli.console import err, out
 from rws.cli.options import parse_corruptions
 from rws.cli.render import alpha_table, composition_table
 from rws.errors import UsageError
-from rws.recipes.alpha import parse_criterion
 from rws.io.figures import save_figure
 from rws.patching.patch import Patch
+from rws.recipes.alpha import parse_criterion
 
 AlphaOpt = Annotated[
     str | None,
