@@ -309,5 +309,5 @@ def alpha_curve(
         raise UsageError("alpha search: the validation split is empty")
     with eval_mode(model):
         pr = probe or s.probe(model, split)
-        return search_alpha(lambda a: AlphaPoint.of(a, pr.measure((patch, a))), s, pr.n,
+        return search_alpha(lambda a: AlphaPoint.of(a, pr.measure(*([(patch, a)] if a else []))), s, pr.n,
                             progress=progress)  # fmt: skip

@@ -130,7 +130,7 @@ def search_operating_point(
         def measure(k: int, a: float) -> AlphaPoint:
             key = (k if a else 0, a)  # α = 0 is the same model for every K
             if key not in cache:
-                cache[key] = AlphaPoint.of(a, pr.measure((subs[k], a)))
+                cache[key] = AlphaPoint.of(a, pr.measure(*([(subs[k], a)] if a else [])))
             return cache[key]
 
         coarse = settings if len(ks) == 1 else _no_refine(settings)

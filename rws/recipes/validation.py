@@ -163,7 +163,9 @@ class Probe:
             )
 
     def measure(self, *patches: PatchArg) -> Measurement:
-        """Accuracies of the model with ``patches`` applied (restored bit for bit after)."""
+        """Accuracies of the model with ``patches`` applied (restored bit for bit after); no
+        patch: the model itself (α = 0 of a search is always the unpatched model, also for a patch
+        whose fixed tensors apply whatever α)."""
         m, dev, bs = self.model, self.device, self.batch_size
         with patched(m, *patches):
             clean = accuracy(m, self.x, self.y, bs, dev)
