@@ -28,9 +28,11 @@ def _ratio(x: float | None) -> str:
 
 def patch_summary(desc: Mapping[str, Any]) -> str:
     """One line on a described patch: tensors, size and compression."""
+    fixed = desc.get("tensors_fixed") or 0
+    fixed_note = f"{fixed} fixed: replaced at full weight whatever α; " if fixed else ""
     return (
-        f"{desc['tensors_stored']} tensors stored ({desc['tensors_skipped_zero']} zero deltas "
-        f"skipped), {size(desc['file_bytes'] or desc['stored_bytes'])}: "
+        f"{desc['tensors_stored']} tensors stored ({fixed_note}{desc['tensors_skipped_zero']} "
+        f"zero deltas skipped), {size(desc['file_bytes'] or desc['stored_bytes'])}: "
         f"{_ratio(desc['ratio_vs_model_fp32'])} smaller than the full fp32 model, "
         f"{_ratio(desc['ratio_vs_touched_fp32'])} smaller than its tensors in fp32"
     )
@@ -50,7 +52,8 @@ def print_patch(console: Console, d: Mapping[str, Any]) -> None:
     for r in d["tensors"]:
         rel, error = r["relative_delta"], r["rel_error"]
         t.add_row(
-            r["name"], _shape(r["shape"]), r["codec"], size(r["bytes"]),
+            r["name"] + (" (fixed)" if r.get("fixed") else ""), _shape(r["shape"]), r["codec"],
+            size(r["bytes"]),
             f"{error:.4f}" if error is not None else "", f"{rel:.4f}" if rel is not None else "",
         )  # fmt: skip
     console.print(t)

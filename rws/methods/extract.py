@@ -18,6 +18,7 @@ from rws.patching.selection import (
     group_layers,
     layer_energy,
     relative_energy,
+    weights_only,
 )
 from rws.patching.selection import shallow as first_layers
 
@@ -100,6 +101,7 @@ def extract(
     blocksize: int = codecs.DEFAULT_BLOCKSIZE,
     shallow: int | None = None,
     energy: float | None = None,
+    running_stats: bool = False,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     name: str = "",
@@ -117,8 +119,12 @@ def extract(
             ``fp4``.
         blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
         shallow: keep only the first K layers (conv/linear + bias + following norm layers).
-        energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖².
-        include, exclude: tensor-name globs applied before layer selection.
+        energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖², counted
+            on weights: BatchNorm running statistics are left out of the count (they dominate
+            BN models' deltas) unless ``running_stats=True``; a selected layer keeps them.
+        running_stats: count running statistics in ``energy``'s selection.
+        include, exclude: tensor-name globs applied before layer selection (and before the
+            fixed tensors a method adds, e.g. ``bn="replace-all"``'s BatchNorm tensors).
         name, description, tags: labels stored in the patch metadata.
         options: the method's options dataclass (e.g. ``RwsOptions(origin=w0)``); or give them
             as keywords (``origin=w0``), not both.
@@ -140,18 +146,27 @@ def extract(
     opts = m.resolve_options(options, method_options)
     b, t, names = _open_pair(base, tuned, include, exclude)
     delta_of, facts = m.prepare(b, t, opts)
+    fixed = set(facts.pop("fixed", ())) & set(names)
     layers = group_layers(names, b.shape)
     if shallow is not None:
         layers = first_layers(layers, shallow)
     elif energy is not None:
-        e = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
-        layers = by_energy(layers, [layer_energy(layer, e) for layer in layers], energy)
-    selected = [n for layer in layers for n in layer.tensors]
+        e = {n: relative_energy(delta_of(n), b.get(n)) for n in names if n not in fixed}
+        e = weights_only(e) if not running_stats else e
+        scores = [layer_energy(layer, e) for layer in layers]
+        layers = by_energy(layers, scores, energy)
+    chosen = {n for layer in layers for n in layer.tensors} | fixed
+    selected = [n for n in names if n in chosen]
     tensors, skipped = encode_deltas(
-        ((n, delta_of(n), b.get(n)) for n in selected), codec=codec, blocksize=blocksize
+        ((n, delta_of(n), b.get(n)) for n in selected),
+        codec=codec,
+        blocksize=blocksize,
+        fixed=fixed,
     )
     selection = {"include": list(include or []), "exclude": list(exclude or [])}
     selection.update({"shallow": shallow, "energy": energy, "layers": [la.name for la in layers]})
+    if energy is not None and running_stats:
+        selection["running_stats"] = True
     return Patch(
         tensors=tensors,
         kind=m.kind,
