@@ -11,6 +11,7 @@ import typer
 from rws.cli.console import err, out
 from rws.cli.options import (
     BlocksizeOpt,
+    BnMixOpt,
     BnOpt,
     CodecOpt,
     CriterionOpt,
@@ -162,12 +163,14 @@ def apply(
     ] = None,
     arch: MaybeArchOpt = None,
     severity: SeverityOpt = "5",
+    bn_mix: BnMixOpt = "replace",
 ) -> None:
     """Add patches to a checkpoint: w' = w + Σ α·scale·δ (streamed, one tensor at a time).
 
     With --recalibrate-bn DATA --arch A, BatchNorm running statistics are then re-estimated on
     DATA's training images, corrupted by the patches' `corruption` tags at --severity (as the RWS
-    reference does for ResNets); both steps or nothing is written.
+    reference does for ResNets); both steps or nothing is written. --bn-mix alpha keeps
+    (1−α)·patched + α·re-estimated statistics, α being the patch's.
 
     Example: rws apply clean.safetensors fog.rws.safetensors:0.8 snow.rws.safetensors -o out.safetensors
     """
@@ -177,7 +180,7 @@ def apply(
     else:
         res, info = apply_and_recalibrate(
             base, items, output, arch=arch, data=recalibrate_bn,
-            severity=parse_severity(severity), force=force, clamp_var=clamp_var,
+            severity=parse_severity(severity), force=force, clamp_var=clamp_var, bn_mix=bn_mix,
         )  # fmt: skip
         err.print(f"recalibrated BatchNorm statistics: {json.dumps(info)}", markup=False)
     for w in res.report.warnings:

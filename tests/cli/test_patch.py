@@ -410,3 +410,24 @@ def test_extract_rws_with_several_tuned_and_interpolation_with_alpha(ws: Path) -
         "extract", ws / "clean.safetensors", tuned, tuned, "-o", ws / "x.safetensors"
     )
     assert code == 2 and "more than one TUNED checkpoint needs --method rws" in err
+
+
+def test_bn_replace_all_and_alpha_mixed_recalibration(ws: Path, trained: Trained) -> None:
+    code, _, err = run(
+        "extract", ws / "clean.safetensors", ws / "tuned.safetensors", "-o", ws / "p.safetensors",
+        "--method", "rws", "--bn", "replace-all", "--shallow", "1", "--tag", "corruption=fog",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run("inspect", ws / "p.safetensors")
+    assert code == 0 and "12 fixed: replaced at full weight whatever α" in out
+    assert "bn3.running_var (fixed)" in out
+    code, _, err = run(
+        "apply", ws / "clean.safetensors", f"{ws / 'p.safetensors'}:0.5", "-o", ws / "m.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "small-cnn", "--bn-mix", "alpha",
+    )  # fmt: skip
+    assert code == 0 and '"mix": 0.5' in err, err
+    code, _, err = run(
+        "apply", ws / "clean.safetensors", ws / "p.safetensors", "-o", ws / "x.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "small-cnn", "--bn-mix", "half",
+    )  # fmt: skip
+    assert code == 2 and "half" in err and "replace" in err and not (ws / "x.safetensors").exists()
