@@ -163,6 +163,14 @@ BnMixOpt = Annotated[
         names=BN_MIXES,
     ),
 ]
+RunningStatsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--with-running-stats",
+        help="Count BatchNorm running statistics in (left out by default: they dominate BN "
+        "models' signatures).",
+    ),
+]
 IncludeOpt = Annotated[
     list[str] | None, typer.Option("--include", help="Tensor-name glob to keep (repeatable).")
 ]

@@ -276,7 +276,8 @@ def diff(
     plot: PlotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per-layer relative delta norms ‖δ‖/‖w‖ in depth order (--plot: a bar chart).
+    """Per-layer relative delta norms ‖δ‖/‖w‖ in depth order, weights and BatchNorm running
+    statistics apart (--plot: a bar chart of the weights').
 
     Example: rws diff clean.safetensors fog.safetensors --plot layers.png
     """
@@ -284,7 +285,12 @@ def diff(
     if plot is not None:
         from rws.analysis.plots import plot_layer_deltas
 
-        fig = plot_layer_deltas([r["layer"] for r in rows], [r["relative"] for r in rows])
+        rel = [r["weights"]["relative"] for r in rows]
+        fig = plot_layer_deltas(
+            [r["layer"] for r in rows],
+            rel,
+            title="relative delta norm per layer (weights; BN running statistics apart)",
+        )
         save_figure(fig, plot)
     if as_json:
         out.print_json(json.dumps(rows))
@@ -295,5 +301,10 @@ def diff(
 
 
 def _layer_row(la: Any) -> dict[str, Any]:
+    weights = {"delta_l2": la.weights_delta_l2, "base_l2": la.weights_base_l2,
+               "relative": la.weights_relative}  # fmt: skip
+    stats = {"delta_l2": la.stats_delta_l2, "base_l2": la.stats_base_l2,
+             "relative": la.stats_relative}  # fmt: skip
     return {"layer": la.layer, "tensors": len(la.tensors), "delta_l2": la.delta_l2,
-            "base_l2": la.base_l2, "relative": la.relative}  # fmt: skip
+            "base_l2": la.base_l2, "relative": la.relative, "weights": weights,
+            "running_stats": stats}  # fmt: skip

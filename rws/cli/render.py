@@ -84,12 +84,17 @@ def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
 
 
 def layer_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """``rws diff``: one row per layer, in depth order."""
-    t = Table("#", "layer", "tensors", "‖δ‖", "‖w‖", "‖δ‖/‖w‖")
+    """``rws diff``: one row per layer, in depth order; weights and running statistics apart
+    (``–``: a layer without running statistics)."""
+    t = Table("#", "layer", "tensors", "weights ‖δ‖", "weights ‖w‖", "weights ‖δ‖/‖w‖",
+              "run. stats ‖δ‖", "run. stats ‖δ‖/‖w‖")  # fmt: skip
     for i, r in enumerate(rows):
+        w, s = r["weights"], r["running_stats"]
+        has = s["base_l2"] > 0
         t.add_row(
-            str(i), r["layer"], str(r["tensors"]), f"{r['delta_l2']:.4g}", f"{r['base_l2']:.4g}",
-            f"{r['relative']:.4g}",
+            str(i), r["layer"], str(r["tensors"]), f"{w['delta_l2']:.4g}", f"{w['base_l2']:.4g}",
+            f"{w['relative']:.4g}", f"{s['delta_l2']:.4g}" if has else "–",
+            f"{s['relative']:.4g}" if has else "–",
         )  # fmt: skip
     return t
 

@@ -16,6 +16,7 @@ from rws.patching.selection import (
     by_energy,
     candidates,
     group_layers,
+    is_running_stat,
     layer_energy,
     relative_energy,
     weights_only,
@@ -25,18 +26,47 @@ from rws.patching.selection import shallow as first_layers
 
 @dataclass(frozen=True)
 class LayerDelta:
-    """One layer's relative delta norm, for ``diff`` and energy selection."""
+    """One layer's delta norms, for ``diff`` and energy selection: ``delta_l2``/``base_l2`` over
+    all its tensors, ``stats_*`` over its BatchNorm running statistics alone (the rest are the
+    weights: conv/linear, bias, BN affine)."""
 
     layer: str
     tensors: tuple[str, ...]
     delta_l2: float
     base_l2: float
+    stats_delta_l2: float = 0.0
+    stats_base_l2: float = 0.0
 
     @property
     def relative(self) -> float:
-        if self.base_l2 == 0.0:
-            return 0.0 if self.delta_l2 == 0.0 else float("inf")
-        return self.delta_l2 / self.base_l2
+        """``‖δ‖/‖w‖`` over all the layer's tensors."""
+        return _ratio(self.delta_l2, self.base_l2)
+
+    @property
+    def weights_delta_l2(self) -> float:
+        """``‖δ‖`` without the running statistics."""
+        return max(self.delta_l2**2 - self.stats_delta_l2**2, 0.0) ** 0.5
+
+    @property
+    def weights_base_l2(self) -> float:
+        """``‖w‖`` without the running statistics."""
+        return max(self.base_l2**2 - self.stats_base_l2**2, 0.0) ** 0.5
+
+    @property
+    def weights_relative(self) -> float:
+        """``‖δ‖/‖w‖`` of the weights alone."""
+        return _ratio(self.weights_delta_l2, self.weights_base_l2)
+
+    @property
+    def stats_relative(self) -> float:
+        """``‖δ‖/‖w‖`` of the running statistics alone (0 for a layer without any)."""
+        return _ratio(self.stats_delta_l2, self.stats_base_l2)
+
+
+def _ratio(d: float, w: float) -> float:
+    if w == 0.0:
+        return 0.0 if d == 0.0 else float("inf")
+    return d / w
 
 
 def _open_pair(
@@ -67,7 +97,8 @@ def layer_deltas(
     options: Any = None,
     **method_options: Any,
 ) -> list[LayerDelta]:
-    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows).
+    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows), with the
+    BatchNorm running statistics' share apart (:class:`LayerDelta`).
 
     Args:
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
@@ -89,7 +120,9 @@ def layer_deltas(
 def _layer_delta(layer: Layer, energy: Mapping[str, tuple[float, float]]) -> LayerDelta:
     d2 = sum(energy[n][0] for n in layer.tensors)
     w2 = sum(energy[n][1] for n in layer.tensors)
-    return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5)
+    stats = [n for n in layer.tensors if is_running_stat(n)]
+    s_d2, s_w2 = sum(energy[n][0] for n in stats), sum(energy[n][1] for n in stats)
+    return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5, s_d2**0.5, s_w2**0.5)
 
 
 def extract(

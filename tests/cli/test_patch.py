@@ -80,6 +80,14 @@ def test_tour_extract_inspect_apply_remove_compose_scale_diff(ws: Path) -> None:
     rows = json.loads(out)
     assert code == 0 and [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "fc"]
     assert (ws / "d.png").read_bytes()[:4] == b"\x89PNG"
+    for r in rows:  # weights and running statistics apart; together they make the layer's total
+        w, st = r["weights"], r["running_stats"]
+        assert w["delta_l2"] ** 2 + st["delta_l2"] ** 2 == pytest.approx(r["delta_l2"] ** 2)
+        assert w["relative"] == pytest.approx(w["delta_l2"] / w["base_l2"])
+    assert rows[0]["running_stats"]["relative"] > rows[0]["weights"]["relative"] > 0
+    assert rows[3]["running_stats"] == {"delta_l2": 0.0, "base_l2": 0.0, "relative": 0.0}
+    code, out, _ = run("diff", ws / "clean.safetensors", ws / "tuned.safetensors")
+    assert code == 0 and "run. stats ‖δ‖/‖w‖" in out and "weights ‖δ‖/‖w‖" in out
     code, out, _ = run("list", "codecs")
     assert code == 0 and "nf4" in out
 

@@ -333,3 +333,15 @@ def test_bn_replace_all_averages_several_robust_models() -> None:
     assert torch.allclose(sd["bn3.running_mean"].double(), mean, atol=1e-6)
     average = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:])
     assert torch.equal(patch.delta("conv2.weight"), average.delta("conv2.weight"))
+
+
+def test_energy_selection_counts_weights_unless_running_stats() -> None:
+    _, wc, _ = _cnn_states(0)
+    wk = {k: v.clone() for k, v in wc.items()}
+    wk["conv1.weight"] += 0.01
+    wk["bn3.running_mean"] += 10.0  # running statistics dominate the delta, as on BN models
+    weights = rws.extract(wc, wk, energy=0.9)
+    assert weights.provenance["selection"]["layers"] == ["conv1"]
+    stats = rws.extract(wc, wk, energy=0.9, running_stats=True)
+    assert stats.provenance["selection"]["layers"] == ["conv1", "conv2", "conv3"]
+    assert stats.provenance["selection"]["running_stats"] is True
