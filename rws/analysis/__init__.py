@@ -3,7 +3,13 @@
 from rws.analysis.identify import Identification, identify
 from rws.analysis.library import LibraryEntry, SignatureLibrary
 from rws.analysis.plots import plot_layer_deltas, plot_similarity
-from rws.analysis.similarity import Matrix, SimilarityResult, shared_tensors, similarity
+from rws.analysis.similarity import (
+    Matrix,
+    SimilarityResult,
+    compared_tensors,
+    shared_tensors,
+    similarity,
+)
 
 __all__ = [
     "Identification",
@@ -11,6 +17,7 @@ __all__ = [
     "Matrix",
     "SignatureLibrary",
     "SimilarityResult",
+    "compared_tensors",
     "identify",
     "plot_layer_deltas",
     "plot_similarity",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rws.analysis.library import SignatureLibrary
-from rws.analysis.similarity import shared_tensors
+from rws.analysis.similarity import compared_tensors
 from rws.errors import UnknownNameError, UsageError
 from rws.patching.patch import Patch
 
@@ -72,11 +72,14 @@ def identify(
     method: IdentifyMethod = "centroid",
     neighbors: int = 3,
     temperature: float = 0.1,
+    running_stats: bool = False,
 ) -> Identification:
     """Predict which corruption ``patch`` is a signature of, from a labelled library.
 
     Features are the L2-normalised, flattened tensors that the patch and every library signature
-    share. ``centroid``: cosine similarity to each corruption's mean direction, confidence =
+    share, BatchNorm running statistics left out unless ``running_stats``
+    (:func:`rws.analysis.similarity.compared_tensors`). ``centroid``: cosine similarity to each
+    corruption's mean direction, confidence =
     softmax(cosine / ``temperature``). ``knn``: scikit-learn ``KNeighborsClassifier``
     (``neighbors``, distance-weighted; on unit vectors Euclidean order is cosine order).
     ``logistic``: scikit-learn ``LogisticRegression`` (``C = 100``, balanced class weights: with
@@ -101,7 +104,7 @@ def identify(
     if not temperature > 0:
         raise UsageError(f"temperature {temperature}: must be positive")
     known = [e.patch for e in library.entries]
-    names = shared_tensors([patch, *known])
+    names = compared_tensors([patch, *known], running_stats=running_stats)
     x = _features([patch, *known], names)
     query, lib_x = x[0], x[1:]
     labels = np.array([e.corruption for e in library.entries])

@@ -1,8 +1,10 @@
 """Cosine similarity of signatures, overall and per layer.
 
 Signatures are compared on the tensors they all share, flattened and concatenated, with each
-patch's ``scale`` applied (a negated patch points the other way). Matrices are plain nested
-tuples of floats, so results serialise to JSON as they are.
+patch's ``scale`` applied (a negated patch points the other way). BatchNorm running statistics
+are left out by default (``running_stats=True`` counts them): on BN models they are 59–66 % of a
+signature's squared norm, so with them a comparison mostly measures running statistics.
+Matrices are plain nested tuples of floats, so results serialise to JSON as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from rws.errors import IntegrityError, UsageError
 from rws.patching.patch import Patch
-from rws.patching.selection import group_layers
+from rws.patching.selection import group_layers, is_running_stat
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -46,6 +48,24 @@ def shared_tensors(patches: Sequence[Patch]) -> list[str]:
                 )
         names = kept
     return names
+
+
+def compared_tensors(patches: Sequence[Patch], *, running_stats: bool = False) -> list[str]:
+    """:func:`shared_tensors`, without running statistics unless ``running_stats``.
+
+    Raises:
+        IntegrityError: as :func:`shared_tensors`, or only running statistics are shared.
+    """
+    names = shared_tensors(patches)
+    if running_stats:
+        return names
+    kept = [n for n in names if not is_running_stat(n)]
+    if not kept:
+        raise IntegrityError(
+            "the signatures share only BatchNorm running statistics; compare them with "
+            "--with-running-stats (running_stats=True)"
+        )
+    return kept
 
 
 def _gram(patches: Sequence[Patch], name: str) -> np.ndarray:
@@ -87,12 +107,15 @@ class SimilarityResult:
         }
 
 
-def similarity(patches: Sequence[Patch], *, per_layer: bool = True) -> SimilarityResult:
+def similarity(
+    patches: Sequence[Patch], *, per_layer: bool = True, running_stats: bool = False
+) -> SimilarityResult:
     """Cosine-similarity matrices of signatures, overall and per layer.
 
     Args:
         patches: two or more patches (e.g. RWS signatures of one clean model).
         per_layer: also compute one matrix per layer (:func:`rws.patching.selection.group_layers`).
+        running_stats: count BatchNorm running statistics in (left out by default).
 
     Returns:
         The matrices, rows and columns in the order of ``patches``.
@@ -110,7 +133,7 @@ def similarity(patches: Sequence[Patch], *, per_layer: bool = True) -> Similarit
     patches = list(patches)
     if len(patches) < 2:
         raise UsageError("similarity needs at least two patches")
-    names = shared_tensors(patches)
+    names = compared_tensors(patches, running_stats=running_stats)
     grams = {n: _gram(patches, n) for n in names}
     layers: dict[str, Matrix] = {}
     if per_layer:

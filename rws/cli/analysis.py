@@ -13,7 +13,7 @@ from rws.analysis import SignatureLibrary, identify, plot_similarity, similarity
 from rws.analysis.identify import Identification
 from rws.analysis.similarity import Matrix
 from rws.cli.console import out
-from rws.cli.options import IdentifyMethodOpt, JsonOpt, PlotOpt
+from rws.cli.options import IdentifyMethodOpt, JsonOpt, PlotOpt, RunningStatsOpt
 from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
 from rws.patching.patch import load
@@ -32,17 +32,20 @@ def similarity_command(
     per_layer: Annotated[
         bool, typer.Option("--per-layer", help="Also show one matrix per layer.")
     ] = False,
+    running_stats: RunningStatsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Cosine similarity of signatures on the tensors they share, overall and per layer.
 
-    --plot draws heatmaps (overall and per layer).
+    BatchNorm running statistics are left out unless --with-running-stats. --plot draws
+    heatmaps (overall and per layer).
 
     Example: rws similarity fog-1.rws.safetensors fog-2.rws.safetensors snow.rws.safetensors --plot sim.png
     """
     if plot is not None:
         check_output_path(plot, patches)
-    res = similarity([load(p) for p in patches], per_layer=per_layer or plot is not None)
+    res = similarity([load(p) for p in patches], per_layer=per_layer or plot is not None,
+                     running_stats=running_stats)  # fmt: skip
     if plot is not None:
         save_figure(plot_similarity(res), plot)
     if as_json:
@@ -80,16 +83,18 @@ def identify_command(
         Path, typer.Option("--library", help="Folder of labelled signatures (index.json).")
     ] = Path("signatures"),
     method: IdentifyMethodOpt = "centroid",
+    running_stats: RunningStatsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which known corruption a signature comes from, with a confidence.
 
-    --method: centroid (cosine to class means), knn or logistic.
+    --method: centroid (cosine to class means), knn or logistic. BatchNorm running statistics
+    are left out of the features unless --with-running-stats.
 
     Example: rws identify new.rws.safetensors --library signatures/ --method knn
     """
     lib = SignatureLibrary.from_folder(library)
-    res = identify(load(patch), lib, method=method)  # type: ignore[arg-type]
+    res = identify(load(patch), lib, method=method, running_stats=running_stats)  # type: ignore[arg-type]
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
     else:

@@ -26,6 +26,7 @@ from rws.recipes.alpha import METRICS, parse_criterion
 from rws.robustness.attacks import list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, list_corruptions
 from rws.training.config import OPTIMIZERS, SCHEDULES
+from rws.training.recalibrate import BN_MIXES
 
 _COMPOSITE = ":"  # registered names never hold one; "module:factory", "timm:NAME", "cifar10:DIR" do
 
@@ -147,7 +148,27 @@ MethodOpt = Annotated[
 BnOpt = Annotated[
     str | None,
     choice(
-        help="--method rws: BatchNorm tensors (default average).", kind="bn mode", names=BN_MODES
+        help="--method rws: BatchNorm tensors (default average; replace-all: every BN tensor "
+        "replaced at full weight whatever α).",
+        kind="bn mode",
+        names=BN_MODES,
+    ),
+]
+BnMixOpt = Annotated[
+    str,
+    choice(
+        help="--recalibrate-bn: keep the re-estimated statistics (replace) or mix them with the "
+        "patched ones by the patch's α, (1−α)·patched + α·new (alpha; the reference's ResNets).",
+        kind="bn mix",
+        names=BN_MIXES,
+    ),
+]
+RunningStatsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--with-running-stats",
+        help="Count BatchNorm running statistics in (left out by default: they dominate BN "
+        "models' signatures).",
     ),
 ]
 IncludeOpt = Annotated[

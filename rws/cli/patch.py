@@ -11,6 +11,7 @@ import typer
 from rws.cli.console import err, out
 from rws.cli.options import (
     BlocksizeOpt,
+    BnMixOpt,
     BnOpt,
     CodecOpt,
     DescriptionOpt,
@@ -168,12 +169,14 @@ def apply(
     ] = None,
     arch: MaybeArchOpt = None,
     severity: SeverityOpt = "5",
+    bn_mix: BnMixOpt = "replace",
 ) -> None:
     """Add patches to a checkpoint: w' = w + Σ α·scale·δ (streamed, one tensor at a time).
 
     With --recalibrate-bn DATA --arch A, BatchNorm running statistics are then re-estimated on
     DATA's training images, corrupted by the patches' `corruption` tags at --severity (as the RWS
-    reference does for ResNets); both steps or nothing is written.
+    reference does for ResNets); both steps or nothing is written. --bn-mix alpha keeps
+    (1−α)·patched + α·re-estimated statistics, α being the patch's.
 
     Example: rws apply clean.safetensors fog.rws.safetensors:0.8 snow.rws.safetensors -o out.safetensors
     """
@@ -183,7 +186,7 @@ def apply(
     else:
         res, info = apply_and_recalibrate(
             base, items, output, arch=arch, data=recalibrate_bn,
-            severity=parse_severity(severity), force=force, clamp_var=clamp_var,
+            severity=parse_severity(severity), force=force, clamp_var=clamp_var, bn_mix=bn_mix,
         )  # fmt: skip
         err.print(f"recalibrated BatchNorm statistics: {json.dumps(info)}", markup=False)
     for w in res.report.warnings:
@@ -312,7 +315,8 @@ def diff(
     plot: PlotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per-layer relative delta norms ‖δ‖/‖w‖ in depth order (--plot: a bar chart).
+    """Per-layer relative delta norms ‖δ‖/‖w‖ in depth order, weights and BatchNorm running
+    statistics apart (--plot: a bar chart of the weights').
 
     Example: rws diff clean.safetensors fog.safetensors --plot layers.png
     """
@@ -320,7 +324,12 @@ def diff(
     if plot is not None:
         from rws.analysis.plots import plot_layer_deltas
 
-        fig = plot_layer_deltas([r["layer"] for r in rows], [r["relative"] for r in rows])
+        rel = [r["weights"]["relative"] for r in rows]
+        fig = plot_layer_deltas(
+            [r["layer"] for r in rows],
+            rel,
+            title="relative delta norm per layer (weights; BN running statistics apart)",
+        )
         save_figure(fig, plot)
     if as_json:
         out.print_json(json.dumps(rows))
@@ -331,5 +340,10 @@ def diff(
 
 
 def _layer_row(la: Any) -> dict[str, Any]:
+    weights = {"delta_l2": la.weights_delta_l2, "base_l2": la.weights_base_l2,
+               "relative": la.weights_relative}  # fmt: skip
+    stats = {"delta_l2": la.stats_delta_l2, "base_l2": la.stats_base_l2,
+             "relative": la.stats_relative}  # fmt: skip
     return {"layer": la.layer, "tensors": len(la.tensors), "delta_l2": la.delta_l2,
-            "base_l2": la.base_l2, "relative": la.relative}  # fmt: skip
+            "base_l2": la.base_l2, "relative": la.relative, "weights": weights,
+            "running_stats": stats}  # fmt: skip

@@ -28,9 +28,11 @@ def _ratio(x: float | None) -> str:
 
 def patch_summary(desc: Mapping[str, Any]) -> str:
     """One line on a described patch: tensors, size and compression."""
+    fixed = desc.get("tensors_fixed") or 0
+    fixed_note = f"{fixed} fixed: replaced at full weight whatever α; " if fixed else ""
     return (
-        f"{desc['tensors_stored']} tensors stored ({desc['tensors_skipped_zero']} zero deltas "
-        f"skipped), {size(desc['file_bytes'] or desc['stored_bytes'])}: "
+        f"{desc['tensors_stored']} tensors stored ({fixed_note}{desc['tensors_skipped_zero']} "
+        f"zero deltas skipped), {size(desc['file_bytes'] or desc['stored_bytes'])}: "
         f"{_ratio(desc['ratio_vs_model_fp32'])} smaller than the full fp32 model, "
         f"{_ratio(desc['ratio_vs_touched_fp32'])} smaller than its tensors in fp32"
     )
@@ -50,7 +52,8 @@ def print_patch(console: Console, d: Mapping[str, Any]) -> None:
     for r in d["tensors"]:
         rel, error = r["relative_delta"], r["rel_error"]
         t.add_row(
-            r["name"], _shape(r["shape"]), r["codec"], size(r["bytes"]),
+            r["name"] + (" (fixed)" if r.get("fixed") else ""), _shape(r["shape"]), r["codec"],
+            size(r["bytes"]),
             f"{error:.4f}" if error is not None else "", f"{rel:.4f}" if rel is not None else "",
         )  # fmt: skip
     console.print(t)
@@ -81,12 +84,17 @@ def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
 
 
 def layer_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """``rws diff``: one row per layer, in depth order."""
-    t = Table("#", "layer", "tensors", "‖δ‖", "‖w‖", "‖δ‖/‖w‖")
+    """``rws diff``: one row per layer, in depth order; weights and running statistics apart
+    (``–``: a layer without running statistics)."""
+    t = Table("#", "layer", "tensors", "weights ‖δ‖", "weights ‖w‖", "weights ‖δ‖/‖w‖",
+              "run. stats ‖δ‖", "run. stats ‖δ‖/‖w‖")  # fmt: skip
     for i, r in enumerate(rows):
+        w, s = r["weights"], r["running_stats"]
+        has = s["base_l2"] > 0
         t.add_row(
-            str(i), r["layer"], str(r["tensors"]), f"{r['delta_l2']:.4g}", f"{r['base_l2']:.4g}",
-            f"{r['relative']:.4g}",
+            str(i), r["layer"], str(r["tensors"]), f"{w['delta_l2']:.4g}", f"{w['base_l2']:.4g}",
+            f"{w['relative']:.4g}", f"{s['delta_l2']:.4g}" if has else "–",
+            f"{s['relative']:.4g}" if has else "–",
         )  # fmt: skip
     return t
 

@@ -16,26 +16,57 @@ from rws.patching.selection import (
     by_energy,
     candidates,
     group_layers,
+    is_running_stat,
     layer_energy,
     relative_energy,
+    weights_only,
 )
 from rws.patching.selection import shallow as first_layers
 
 
 @dataclass(frozen=True)
 class LayerDelta:
-    """One layer's relative delta norm, for ``diff`` and energy selection."""
+    """One layer's delta norms, for ``diff`` and energy selection: ``delta_l2``/``base_l2`` over
+    all its tensors, ``stats_*`` over its BatchNorm running statistics alone (the rest are the
+    weights: conv/linear, bias, BN affine)."""
 
     layer: str
     tensors: tuple[str, ...]
     delta_l2: float
     base_l2: float
+    stats_delta_l2: float = 0.0
+    stats_base_l2: float = 0.0
 
     @property
     def relative(self) -> float:
-        if self.base_l2 == 0.0:
-            return 0.0 if self.delta_l2 == 0.0 else float("inf")
-        return self.delta_l2 / self.base_l2
+        """``‖δ‖/‖w‖`` over all the layer's tensors."""
+        return _ratio(self.delta_l2, self.base_l2)
+
+    @property
+    def weights_delta_l2(self) -> float:
+        """``‖δ‖`` without the running statistics."""
+        return max(self.delta_l2**2 - self.stats_delta_l2**2, 0.0) ** 0.5
+
+    @property
+    def weights_base_l2(self) -> float:
+        """``‖w‖`` without the running statistics."""
+        return max(self.base_l2**2 - self.stats_base_l2**2, 0.0) ** 0.5
+
+    @property
+    def weights_relative(self) -> float:
+        """``‖δ‖/‖w‖`` of the weights alone."""
+        return _ratio(self.weights_delta_l2, self.weights_base_l2)
+
+    @property
+    def stats_relative(self) -> float:
+        """``‖δ‖/‖w‖`` of the running statistics alone (0 for a layer without any)."""
+        return _ratio(self.stats_delta_l2, self.stats_base_l2)
+
+
+def _ratio(d: float, w: float) -> float:
+    if w == 0.0:
+        return 0.0 if d == 0.0 else float("inf")
+    return d / w
 
 
 def _open_pair(
@@ -66,7 +97,8 @@ def layer_deltas(
     options: Any = None,
     **method_options: Any,
 ) -> list[LayerDelta]:
-    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows).
+    """Per-layer ``‖δ‖`` and ``‖w‖`` in depth order (the profile ``rws diff`` shows), with the
+    BatchNorm running statistics' share apart (:class:`LayerDelta`).
 
     Args:
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
@@ -88,7 +120,9 @@ def layer_deltas(
 def _layer_delta(layer: Layer, energy: Mapping[str, tuple[float, float]]) -> LayerDelta:
     d2 = sum(energy[n][0] for n in layer.tensors)
     w2 = sum(energy[n][1] for n in layer.tensors)
-    return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5)
+    stats = [n for n in layer.tensors if is_running_stat(n)]
+    s_d2, s_w2 = sum(energy[n][0] for n in stats), sum(energy[n][1] for n in stats)
+    return LayerDelta(layer.name, layer.tensors, d2**0.5, w2**0.5, s_d2**0.5, s_w2**0.5)
 
 
 def extract(
@@ -100,6 +134,7 @@ def extract(
     blocksize: int = codecs.DEFAULT_BLOCKSIZE,
     shallow: int | None = None,
     energy: float | None = None,
+    running_stats: bool = False,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     name: str = "",
@@ -117,8 +152,12 @@ def extract(
             ``fp4``.
         blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
         shallow: keep only the first K layers (conv/linear + bias + following norm layers).
-        energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖².
-        include, exclude: tensor-name globs applied before layer selection.
+        energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖², counted
+            on weights: BatchNorm running statistics are left out of the count (they dominate
+            BN models' deltas) unless ``running_stats=True``; a selected layer keeps them.
+        running_stats: count running statistics in ``energy``'s selection.
+        include, exclude: tensor-name globs applied before layer selection (and before the
+            fixed tensors a method adds, e.g. ``bn="replace-all"``'s BatchNorm tensors).
         name, description, tags: labels stored in the patch metadata.
         options: the method's options dataclass (e.g. ``RwsOptions(origin=w0)``); or give them
             as keywords (``origin=w0``), not both.
@@ -140,18 +179,27 @@ def extract(
     opts = m.resolve_options(options, method_options)
     b, t, names = _open_pair(base, tuned, include, exclude)
     delta_of, facts = m.prepare(b, t, opts)
+    fixed = set(facts.pop("fixed", ())) & set(names)
     layers = group_layers(names, b.shape)
     if shallow is not None:
         layers = first_layers(layers, shallow)
     elif energy is not None:
-        e = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
-        layers = by_energy(layers, [layer_energy(layer, e) for layer in layers], energy)
-    selected = [n for layer in layers for n in layer.tensors]
+        e = {n: relative_energy(delta_of(n), b.get(n)) for n in names if n not in fixed}
+        e = weights_only(e) if not running_stats else e
+        scores = [layer_energy(layer, e) for layer in layers]
+        layers = by_energy(layers, scores, energy)
+    chosen = {n for layer in layers for n in layer.tensors} | fixed
+    selected = [n for n in names if n in chosen]
     tensors, skipped = encode_deltas(
-        ((n, delta_of(n), b.get(n)) for n in selected), codec=codec, blocksize=blocksize
+        ((n, delta_of(n), b.get(n)) for n in selected),
+        codec=codec,
+        blocksize=blocksize,
+        fixed=fixed,
     )
     selection = {"include": list(include or []), "exclude": list(exclude or [])}
     selection.update({"shallow": shallow, "energy": energy, "layers": [la.name for la in layers]})
+    if energy is not None and running_stats:
+        selection["running_stats"] = True
     return Patch(
         tensors=tensors,
         kind=m.kind,

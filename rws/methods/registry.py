@@ -60,7 +60,9 @@ class Method:
         kind: the patch kind it makes (registered with the patch format).
         prepare: ``prepare(base, tuned, options)`` checks the inputs and returns
             ``(delta_of, facts)``: the float delta of one tensor name, and method facts for the
-            provenance.
+            provenance. A ``fixed`` fact (tensor names) is taken out of the provenance by
+            :func:`rws.extract`, which adds those tensors to any selection as fixed tensors
+            (applied at full weight whatever α; :mod:`rws.patching.tensor`).
         options: the frozen options dataclass ``prepare`` takes.
     """
 

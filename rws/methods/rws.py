@@ -16,13 +16,32 @@ to be fine-tuned from the clean one: ``W0 = Wc``, ``dc = 0`` and the signature i
 ``Wk − Wc`` (facts record ``"projection": false``). Where ``dc = 0`` for one tensor (the clean
 fine-tune left it unchanged) nothing is projected out of it.
 
-BatchNorm tensors (the 1-D float tensors of a module that has a ``running_mean``):
+BatchNorm tensors (the 1-D float tensors of a module that has a ``running_mean``).
 
-- ``average`` (default, the reference's handling): the robust models' BN tensors are averaged and
-  *replace* the clean ones; stored as the delta ``mean_k Wk − Wc``, so α = 1 replaces and α < 1
-  interpolates.
+**Coupling.** On BatchNorm models the conv/linear deltas and the BN tensors work only together:
+the convs of a robust model are fine-tuned against *its* BN statistics and affine parameters.
+Measured on ``rws demo``'s small-cnn (issue 12): a signature of the conv deltas alone, or of the
+BN tensors alone, drops clean accuracy to 10–24 %; the coupled conv+BN pair is what works. The
+running statistics also dominate the signature's norm (59–66 % of ‖RWS‖²), which is why
+``--energy``, ``rws similarity`` and ``rws identify`` leave them out by default. The modes:
+
+- ``average`` (default; the reference's handling within the selected layers): the robust models'
+  BN tensors are averaged and *replace* the clean ones; stored as the delta ``mean_k Wk − Wc``,
+  so α = 1 replaces and α < 1 interpolates. BN layers outside ``--shallow``/``--energy``'s
+  selection keep the clean model's tensors.
+- ``replace-all`` (the reference's scope: its ``decompose`` replaces every BN tensor of the
+  network, whatever ``keep_num``): every BN tensor (weight, bias, running mean and variance), in
+  the selected layers or not, is replaced by the robust models' average at full weight whatever
+  α — stored as ``mean_k Wk − Wc`` with the *fixed* marker (:mod:`rws.patching.tensor`), so the
+  patch's scale moves the conv/linear signature only. (The reference's key match,
+  ``'bn' in key or 'downsample' in key``, also averages ResNet shortcut convs; this mode takes
+  BatchNorm tensors only.)
 - ``delta``: projected like every other tensor.
 - ``skip``: a zero delta, which the pipeline drops (listed in ``patch.skipped``).
+
+After patching, ``rws apply --recalibrate-bn DATA`` re-estimates the running statistics on
+corrupted data, replacing them or mixing them with the patched ones by α
+(:mod:`rws.training.recalibrate`).
 """
 
 from __future__ import annotations
@@ -42,9 +61,10 @@ from rws.methods.registry import DeltaFn, NoOptions, register_method
 from rws.patching.arith import compute_dtype, exact_delta
 from rws.patching.selection import module_of
 
-BN_MODES = ("average", "delta", "skip")
+BN_MODES = ("average", "replace-all", "delta", "skip")
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
-BnMode = Literal["average", "delta", "skip"]
+BnMode = Literal["average", "replace-all", "delta", "skip"]
+_REPLACING = ("average", "replace-all")
 
 
 def batchnorm_tensors(ck: Checkpoint) -> set[str]:
@@ -103,7 +123,8 @@ class RwsOptions(NoOptions):
             model was fine-tuned from the clean one (no projection: the plain delta).
         robust: more robust models of the same corruption (a source or a sequence of sources,
             stored as a tuple); the signature is the mean over all of them.
-        bn: BatchNorm handling: ``average``, ``delta`` or ``skip`` (see the module doc).
+        bn: BatchNorm handling: ``average``, ``replace-all``, ``delta`` or ``skip`` (see the
+            module doc).
 
     Raises:
         UsageError: an unknown ``bn`` mode.
@@ -140,7 +161,9 @@ def prepare_rws(
 
     Returns:
         ``(delta_of, facts)``: ``delta_of(name)`` is the signature of one tensor (compute dtype of
-        the base tensor); facts are ``projection``, ``bn``, ``origin`` and ``robust``.
+        the base tensor); facts are ``projection``, ``bn``, ``origin`` and ``robust``, and with
+        ``bn="replace-all"`` ``fixed``: every BN tensor, for :func:`rws.extract` to add to any
+        selection as fixed tensors.
 
     Raises:
         MissingTensorError, ShapeMismatchError: (when a tensor is asked for) the origin or an
@@ -158,10 +181,11 @@ def prepare_rws(
         if name in bn_names and bn == "skip":
             return torch.zeros(shape, dtype=cd)
         wks = [_fetch(m, name, shape, "robust model") for m in models]
-        if len(wks) == 1 and (w0 is None or (name in bn_names and bn == "average")):
+        replacing = name in bn_names and bn in _REPLACING
+        if len(wks) == 1 and (w0 is None or replacing):
             return exact_delta(wc, wks[0])  # bit-exact Wk − Wc (plain delta or BN replacement)
         mean_wk = torch.stack([w.detach().to(torch.float64) for w in wks]).mean(0)
-        if w0 is None or (name in bn_names and bn == "average"):
+        if w0 is None or replacing:
             return (mean_wk - wc.detach().to(torch.float64)).to(cd)
         w0t = _fetch(w0, name, shape, "origin").detach().to(torch.float64)
         # projection is linear in dk, so mean_k RWSk = RWS of mean_k dk
@@ -174,6 +198,8 @@ def prepare_rws(
         "robust": [describe_source(m) for m in models],
         "signature": "mean over robust models of dk − (<dk,dc>/<dc,dc>)·dc; patch W = Wc + α·RWS",
     }
+    if bn == "replace-all":
+        facts["fixed"] = sorted(bn_names)
     trained = _training_facts(tuned)  # arch, data, corruption … when `rws finetune` made it
     if trained:
         facts["trained"] = trained

@@ -42,6 +42,7 @@ def describe_patch(patch: Patch) -> dict[str, Any]:
                 "rel_error": t.encoded.params.get("rel_error"),
                 "delta_l2": t.delta_l2,
                 "relative_delta": t.delta_l2 / t.base_l2 if t.base_l2 else None,
+                "fixed": t.fixed,
             }
         )
     return {
@@ -57,6 +58,7 @@ def describe_patch(patch: Patch) -> dict[str, Any]:
         "stored_bytes": stored,
         "tensors_stored": len(patch.tensors),
         "tensors_skipped_zero": len(patch.skipped),
+        "tensors_fixed": sum(t.fixed for t in patch.tensors.values()),
         "numel": patch.numel(),
         "ratio_vs_touched_fp32": touched_fp32 / size if size else None,
         "ratio_vs_model_fp32": 4 * base_numel / size if base_numel and size else None,

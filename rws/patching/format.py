@@ -1,4 +1,4 @@
-"""The on-disk patch format v1: a safetensors file whose ``__metadata__["rws"]`` is a JSON manifest.
+"""The on-disk patch format: a safetensors file whose ``__metadata__["rws"]`` is a JSON manifest.
 
 Layout (DESIGN.md §3): for every patched tensor ``NAME``, the codec's stored tensors are saved under
 ``NAME`` (float codecs) or ``NAME::<suffix>`` (quantized codecs). The manifest::
@@ -8,6 +8,11 @@ Layout (DESIGN.md §3): for every patched tensor ``NAME``, the codec's stored te
                         "base_sha256"}},
      "skipped": [names whose delta was exactly zero], "base": {"numel", "tensors"},
      "provenance": {...}}
+
+Format 2 adds one optional per-tensor key, ``"fixed": true``: the tensor is applied at full weight
+whatever the scale (:mod:`rws.patching.tensor`). A patch is written as format 2 only when it has a
+fixed tensor, so that an rws that knows only format 1 refuses it instead of scaling a replacement;
+every other patch is still written, byte for byte, as format 1, and both load.
 
 Readers refuse unknown major versions and kinds; unknown extra keys are kept and written back.
 Kinds come from :data:`PATCH_KINDS`: ``delta`` and ``composed`` are registered here, each method's
@@ -28,7 +33,8 @@ from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import save_tensors
 from rws.registry import Registry
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format read; written only by patches that need it
+PLAIN_FORMAT = 1  # what a patch without fixed tensors is written as
 META_KEY = "rws"
 APPLIED_KEY = "rws.applied"
 SEP = "::"
@@ -69,8 +75,9 @@ register_kind("composed", "a weighted sum of patches, re-encoded (rws.compose, p
 def write_patch(
     path: str | os.PathLike, stored: Mapping[str, torch.Tensor], manifest: Mapping[str, Any]
 ) -> None:
-    """Write stored tensors and the manifest atomically."""
-    meta = {"format": FORMAT_VERSION, **manifest}
+    """Write stored tensors and the manifest atomically (format 2 only with a fixed tensor)."""
+    fixed = any(info.get("fixed") for info in manifest.get("tensors", {}).values())
+    meta = {"format": FORMAT_VERSION if fixed else PLAIN_FORMAT, **manifest}
     save_tensors(path, stored, {META_KEY: json.dumps(meta)})  # keeps depth order
 
 
@@ -156,6 +163,8 @@ def check_manifest(path: str, manifest: Any) -> None:
         for key in ("shape", "dtype", "codec"):
             if key not in info:
                 raise PatchFormatError(path, f"tensor {name!r}: manifest entry lacks {key!r}")
+        if "fixed" in info and (not isinstance(info["fixed"], bool) or version < 2):
+            raise PatchFormatError(path, f"tensor {name!r}: 'fixed' needs format 2 and true/false")
         if not isinstance(info["shape"], list) or not all(
             isinstance(s, int) and s >= 0 for s in info["shape"]
         ):

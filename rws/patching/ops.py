@@ -1,6 +1,7 @@
 """Apply and remove patches on live modules and state dicts (files: :mod:`rws.patching.files`).
 
-``w' = w + Σ αᵢ·scaleᵢ·decode(δᵢ)``, summed and added in float32 (float64 for a float64 base), cast
+``w' = w + Σ αᵢ·scaleᵢ·decode(δᵢ)`` (a fixed tensor, :mod:`rws.patching.tensor`: the mean of
+the replacements, whatever the scales), summed and added in float32 (float64 for a float64 base), cast
 back to ``w``'s dtype (:func:`~rws.patching.arith.add_delta`). Removal is plain subtraction of the
 same sum, ``cast_w(w' − D)`` (:func:`~rws.patching.arith.sub_delta`): it restores each element to
 within one rounding, and bit for bit wherever adding ``D`` dropped no low bits of ``w`` (most
@@ -30,6 +31,7 @@ from rws.io.checkpoint import is_integer_dtype
 from rws.io.hashing import tensor_sha256
 from rws.patching.arith import add_delta, all_finite, compute_dtype, sub_delta
 from rws.patching.patch import Patch, as_items
+from rws.patching.tensor import part_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,23 @@ class PatchReport:
 def group_by_tensor(
     items: Sequence[tuple[Patch, float]], scale: float = 1.0
 ) -> dict[str, list[tuple[Patch, float]]]:
-    """Tensor name → the (patch, effective α) pairs touching it, in order of first appearance."""
+    """Tensor name → the (patch, effective α) pairs touching it, in order of first appearance.
+
+    For a fixed tensor the α is its weight in the mean of the replacements
+    (:func:`rws.patching.tensor.fixed_weights`), whatever the scales.
+
+    Raises:
+        UsageError: a tensor fixed in one patch and scaled in another.
+    """
     out: dict[str, list[tuple[Patch, float]]] = {}
     for p, alpha in items:
         for name in p.tensors:
             out.setdefault(name, []).append((p, alpha * p.scale * scale))
+    for name, parts in out.items():
+        fixed = [p.tensors[name].fixed for p, _ in parts]
+        if any(fixed):
+            weights = part_weights(name, fixed, [a for _, a in parts])
+            out[name] = [(p, w) for (p, _), w in zip(parts, weights, strict=True)]
     return out
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -29,53 +29,7 @@ from rws.io.hub_fetch import resolve_path
 from rws.io.safetensors_layout import tensor_bytes
 from rws.patching import codecs, format
 from rws.patching._readonly import ReadOnlyDict, ReadOnlyList, thaw
-
-
-@dataclass(frozen=True)
-class TensorDelta:
-    """One patched tensor: its encoded delta and the facts about the base it was taken against.
-
-    Attributes:
-        name: the tensor's name in the base state dict.
-        shape: the base tensor's shape.
-        dtype: the base tensor's dtype, e.g. ``"float32"``.
-        encoded: the stored delta (:class:`~rws.patching.codecs.Encoded`).
-        base_sha256: sha256 of the base tensor the delta was taken against, if known.
-        delta_l2, base_l2: ‖δ‖ and ‖w‖.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # the base tensor's dtype, e.g. "float32"
-    encoded: codecs.Encoded
-    base_sha256: str | None = None
-    delta_l2: float = 0.0
-    base_l2: float = 0.0
-
-    @property
-    def numel(self) -> int:
-        """Elements of the tensor."""
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    def decode(self) -> torch.Tensor:
-        """The float32 delta (unscaled)."""
-        return codecs.decode(self.name, self.encoded, self.shape)
-
-    def manifest(self) -> dict[str, Any]:
-        """This tensor's entry in the file's manifest (a fresh, mutable dict)."""
-        return {
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "codec": self.encoded.codec,
-            "params": thaw(self.encoded.params),
-            "numel": self.numel,
-            "delta_l2": self.delta_l2,
-            "base_l2": self.base_l2,
-            "base_sha256": self.base_sha256,
-        }
+from rws.patching.tensor import TensorDelta, part_weights
 
 
 @dataclass(frozen=True)
@@ -142,9 +96,12 @@ class Patch:
         return list(self.tensors)
 
     def delta(self, name: str, *, scaled: bool = True) -> torch.Tensor:
-        """The float32 delta of one tensor, times ``scale`` unless ``scaled=False``."""
-        d = self.tensors[name].decode()
-        return d * self.scale if scaled and self.scale != 1.0 else d
+        """The float32 delta of one tensor, times ``scale`` (its sign for a fixed tensor) unless
+        ``scaled=False``."""
+        t = self.tensors[name]
+        d = t.decode()
+        w = part_weights(name, [t.fixed], [self.scale])[0] if scaled else 1.0
+        return d * w if w != 1.0 else d
 
     def numel(self) -> int:
         """Elements touched by the patch."""
@@ -160,7 +117,8 @@ class Patch:
         for name in sorted(self.tensors):
             t = self.tensors[name]
             params = {k: v for k, v in t.encoded.params.items() if k != "rel_error"}
-            h.update(json.dumps([name, t.shape, t.encoded.codec, params]).encode())
+            key = [name, t.shape, t.encoded.codec, params] + (["fixed"] if t.fixed else [])
+            h.update(json.dumps(key).encode())
             for suffix in sorted(t.encoded.tensors):
                 h.update(suffix.encode())
                 h.update(tensor_bytes(t.encoded.tensors[suffix]))
@@ -243,6 +201,7 @@ class Patch:
                 base_sha256=info.get("base_sha256"),
                 delta_l2=float(info.get("delta_l2", 0.0)),
                 base_l2=float(info.get("base_l2", 0.0)),
+                fixed=info.get("fixed") is True,
             )
         known = {"format", "kind", "scale", "name", "description", "tags", "provenance"}
         known |= {"skipped", "base", "tensors"}
@@ -284,8 +243,11 @@ def encode_deltas(
     *,
     codec: str = "int8",
     blocksize: int = codecs.DEFAULT_BLOCKSIZE,
+    fixed: Collection[str] = (),
 ) -> tuple[dict[str, TensorDelta], list[str]]:
     """Encode ``(name, delta, base)`` triples; exactly-zero deltas are skipped and listed.
+    Tensors named in ``fixed`` are marked fixed (applied whatever the scale; see
+    :mod:`rws.patching.tensor`).
 
     Raises:
         NonFiniteError: a delta holds NaN or Inf.
@@ -307,6 +269,7 @@ def encode_deltas(
             base_sha256=tensor_sha256(base),
             delta_l2=float(d32.norm()),
             base_l2=float(base.detach().to(torch.float32).norm()),
+            fixed=name in fixed,
         )
     return tensors, skipped
 
@@ -321,43 +284,40 @@ def compose(
 ) -> Patch:
     """Weighted sum ``Σ αᵢ·scaleᵢ·δᵢ`` of patches, re-encoded with ``codec`` (result scale 1).
 
+    A fixed tensor (:mod:`rws.patching.tensor`) stays fixed: its delta is the mean of the
+    replacements of the patches whose ``αᵢ·scaleᵢ`` is not 0 (signed), so ``compose([p])`` is
+    ``p`` and the result applies as the patches applied together at scale 1 do.
+
     Raises:
         BaseMismatchError: two patches touch one tensor but were taken against different bases
             (``force=True`` to sum anyway).
+        UsageError: a tensor fixed in one patch and scaled in another.
     """
     items = as_items(patches)
     if not items:
         raise UsageError("compose needs at least one patch")
-    order: list[str] = []
-    for p, _ in items:
-        order += [n for n in p.tensors if n not in order]
-    acc: dict[str, torch.Tensor] = {}
-    meta: dict[str, TensorDelta] = {}
+    parts: dict[str, list[tuple[TensorDelta, float]]] = {}
     for p, alpha in items:
         for n, t in p.tensors.items():
-            first = meta.setdefault(n, t)
-            if (
-                not force
-                and first.base_sha256
-                and t.base_sha256
-                and first.base_sha256 != t.base_sha256
-            ):
-                raise BaseMismatchError(p.label, n, first.base_sha256, t.base_sha256)
-            d = t.decode() * (alpha * p.scale)
-            acc[n] = acc[n] + d if n in acc else d
+            got = parts.setdefault(n, [])
+            b0 = got[0][0].base_sha256 if got else None
+            if not force and b0 and t.base_sha256 and t.base_sha256 != b0:
+                raise BaseMismatchError(p.label, n, b0, t.base_sha256)
+            got.append((t, alpha * p.scale))
     tensors: dict[str, TensorDelta] = {}
     skipped: list[str] = []
-    for n in order:
-        d = acc[n]
+    for n, got in parts.items():
+        d = torch.zeros(got[0][0].shape)
+        weights = part_weights(n, [t.fixed for t, _ in got], [a for _, a in got])
+        for (t, _), w in zip(got, weights, strict=True):
+            d += t.decode() * w
         if not torch.isfinite(d).all():
             raise NonFiniteError(n, "the composed delta")
         if not d.any():
             skipped.append(n)
             continue
-        m = meta[n]
-        tensors[n] = dataclasses.replace(
-            m, encoded=codecs.encode(n, d, codec, blocksize=blocksize), delta_l2=float(d.norm())
-        )
+        enc = codecs.encode(n, d, codec, blocksize=blocksize)
+        tensors[n] = dataclasses.replace(got[0][0], encoded=enc, delta_l2=float(d.norm()))
     sources = [
         {"name": p.label, "sha256": p.fingerprint(), "alpha": a, "scale": p.scale} for p, a in items
     ]

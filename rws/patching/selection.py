@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,10 +126,28 @@ def relative_energy(delta: torch.Tensor, base: torch.Tensor) -> tuple[float, flo
     return float((d * d).sum()), float((w * w).sum())
 
 
-def layer_energy(layer: Layer, energy: dict[str, tuple[float, float]]) -> float:
-    """A layer's relative delta energy ``Σ‖δ‖² / Σ‖w‖²`` over its tensors."""
-    num = sum(energy[n][0] for n in layer.tensors)
-    den = sum(energy[n][1] for n in layer.tensors)
+RUNNING_STATS = ("running_mean", "running_var")
+
+
+def is_running_stat(name: str) -> bool:
+    """True for a normalisation layer's running statistic (``running_mean``/``running_var``).
+
+    Example:
+        >>> is_running_stat("bn1.running_var"), is_running_stat("bn1.weight")
+        (True, False)
+    """
+    return name.rsplit(".", 1)[-1] in RUNNING_STATS
+
+
+def weights_only(energy: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """``energy`` without the running statistics (see :func:`is_running_stat`)."""
+    return {n: e for n, e in energy.items() if not is_running_stat(n)}
+
+
+def layer_energy(layer: Layer, energy: Mapping[str, tuple[float, float]]) -> float:
+    """A layer's relative delta energy ``Σ‖δ‖² / Σ‖w‖²`` over its tensors (those in ``energy``)."""
+    num = sum(energy[n][0] for n in layer.tensors if n in energy)
+    den = sum(energy[n][1] for n in layer.tensors if n in energy)
     if den == 0.0:
         return 0.0 if num == 0.0 else float("inf")
     return num / den

@@ -31,12 +31,15 @@ def recalibrate_bn(
     batch_size: int = 128,
     momentum: float | None = None,
     generator: torch.Generator | None = None,
+    mix: float | None = None,
 ) -> nn.Module:
     """Re-estimate BatchNorm running statistics on (optionally corrupted) images; weights untouched.
 
     Every BatchNorm layer's running mean and variance are reset and re-estimated in train mode
     (the rest of the model in eval mode, so dropout stays off), under ``torch.no_grad``. The
-    layers' ``momentum`` and ``num_batches_tracked`` are restored afterwards.
+    layers' ``momentum`` and ``num_batches_tracked`` are restored afterwards. With ``mix = α``
+    the result is ``(1 − α)·old + α·new``, ``old`` being the statistics the model had (for a
+    patched model, the patched ones), as the RWS reference does for ResNets after patching at α.
 
     Args:
         model: the model, recalibrated in place on the device it is on.
@@ -47,12 +50,13 @@ def recalibrate_bn(
         batch_size: images per forward pass.
         momentum: BatchNorm momentum during the pass; ``None`` is a cumulative average.
         generator: source of the corruption draws; ``None`` means a generator seeded with 0.
+        mix: α in [0, 1] to mix old and new statistics; ``None`` (or 1) keeps the new ones.
 
     Returns:
         ``model``, in eval mode.
 
     Raises:
-        UsageError: no images, a bad severity or momentum, a severity without a corruption.
+        UsageError: no images, a bad severity, momentum or mix, a severity without a corruption.
         UnknownNameError: an unknown corruption.
 
     Example:
@@ -70,6 +74,8 @@ def recalibrate_bn(
     check_int("batch_size", batch_size, 1)
     if momentum is not None and not 0.0 < check_float("momentum", momentum, 0.0) <= 1.0:
         raise UsageError(f"momentum must be in (0, 1] or None, got {momentum!r}")
+    if mix is not None and check_float("mix", mix, 0.0) > 1.0:
+        raise UsageError(f"mix must be in [0, 1] (the patch's α), got {mix!r}")
     if len(images) == 0:
         raise UsageError("recalibrate_bn: no images to estimate the statistics on")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -99,4 +105,6 @@ def recalibrate_bn(
             for k, b in m.named_buffers(recurse=False):
                 if not done or k == "num_batches_tracked":
                     b.copy_(buffers[k])
+                elif mix is not None and mix != 1.0 and k in ("running_mean", "running_var"):
+                    b.mul_(mix).add_(buffers[k], alpha=1.0 - mix)  # (1 − α)·old + α·new
     return model

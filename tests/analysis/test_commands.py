@@ -30,13 +30,15 @@ def test_similarity_command(folders: dict[str, Path]) -> None:
     files = [lib / "fog-1.rws.safetensors", lib / "fog-2.rws.safetensors", folders["query"]]
     res = _run("similarity", *files, "--per-layer", "--plot", png)
     assert res.exit_code == 0, res.output
-    assert "cosine similarity over 15 shared tensors" in res.output and "layer conv3" in res.output
+    assert "cosine similarity over 9 shared tensors" in res.output and "layer conv3" in res.output
     assert "gaussian_noise-2" in res.output and f"wrote {png}" in res.output
     assert png.read_bytes()[:4] == b"\x89PNG"
     res = _run("similarity", *files, "--json")
     data = json.loads(res.output)
     assert res.exit_code == 0 and data["labels"] == ["fog-1", "fog-2", "gaussian_noise-2"]
     assert data["overall"][0][1] > data["overall"][0][2] and "layers" not in data
+    res = _run("similarity", *files, "--with-running-stats")
+    assert res.exit_code == 0 and "cosine similarity over 15 shared tensors" in res.output
     bad = _run("similarity", files[0], folders["root"] / "missing.safetensors")
     assert bad.exit_code == 1
     assert bad.output.strip().splitlines() == [

@@ -18,8 +18,10 @@ def test_identify_leave_one_out(method: str, signatures: Signatures) -> None:
         res = identify(patch, library.without(patch), method=method)
         assert res.corruption == c, (method, c, res.ranking)
         assert res.confidence == res.ranking[0][1] > 1 / len(CORRUPTIONS)
-        assert res.nearest[0].startswith(c) and res.tensors == 15
+        assert res.nearest[0].startswith(c) and res.tensors == 9  # weights: no running stats
         assert sum(p for _, p in res.ranking) == pytest.approx(1.0)
+        with_stats = identify(patch, library.without(patch), method=method, running_stats=True)
+        assert with_stats.tensors == 15 and with_stats.corruption == c
 
 
 def test_identify_errors(hand_patch: HandPatch) -> None:

@@ -80,6 +80,14 @@ def test_tour_extract_inspect_apply_remove_compose_scale_diff(ws: Path) -> None:
     rows = json.loads(out)
     assert code == 0 and [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "fc"]
     assert (ws / "d.png").read_bytes()[:4] == b"\x89PNG"
+    for r in rows:  # weights and running statistics apart; together they make the layer's total
+        w, st = r["weights"], r["running_stats"]
+        assert w["delta_l2"] ** 2 + st["delta_l2"] ** 2 == pytest.approx(r["delta_l2"] ** 2)
+        assert w["relative"] == pytest.approx(w["delta_l2"] / w["base_l2"])
+    assert rows[0]["running_stats"]["relative"] > rows[0]["weights"]["relative"] > 0
+    assert rows[3]["running_stats"] == {"delta_l2": 0.0, "base_l2": 0.0, "relative": 0.0}
+    code, out, _ = run("diff", ws / "clean.safetensors", ws / "tuned.safetensors")
+    assert code == 0 and "run. stats ‖δ‖/‖w‖" in out and "weights ‖δ‖/‖w‖" in out
     code, out, _ = run("list", "codecs")
     assert code == 0 and "nf4" in out
 
@@ -414,3 +422,24 @@ def test_extract_rws_with_several_tuned_and_interpolation_with_alpha(ws: Path) -
         "extract", ws / "clean.safetensors", tuned, tuned, "-o", ws / "x.safetensors"
     )
     assert code == 2 and "more than one TUNED checkpoint needs --method rws" in err
+
+
+def test_bn_replace_all_and_alpha_mixed_recalibration(ws: Path, trained: Trained) -> None:
+    code, _, err = run(
+        "extract", ws / "clean.safetensors", ws / "tuned.safetensors", "-o", ws / "p.safetensors",
+        "--method", "rws", "--bn", "replace-all", "--shallow", "1", "--tag", "corruption=fog",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run("inspect", ws / "p.safetensors")
+    assert code == 0 and "12 fixed: replaced at full weight whatever α" in out
+    assert "bn3.running_var (fixed)" in out
+    code, _, err = run(
+        "apply", ws / "clean.safetensors", f"{ws / 'p.safetensors'}:0.5", "-o", ws / "m.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "small-cnn", "--bn-mix", "alpha",
+    )  # fmt: skip
+    assert code == 0 and '"mix": 0.5' in err, err
+    code, _, err = run(
+        "apply", ws / "clean.safetensors", ws / "p.safetensors", "-o", ws / "x.safetensors",
+        "--recalibrate-bn", "digits", "--arch", "small-cnn", "--bn-mix", "half",
+    )  # fmt: skip
+    assert code == 2 and "half" in err and "replace" in err and not (ws / "x.safetensors").exists()

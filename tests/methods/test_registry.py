@@ -53,7 +53,9 @@ def test_options_dataclasses_are_frozen_and_validated() -> None:
     assert opts.robust == (TUNED,) and opts.bn == "average" and opts.scale == 1.0
     with pytest.raises(AttributeError):
         opts.bn = "skip"  # type: ignore[misc]
-    with pytest.raises(UsageError, match=r"--bn 'mean': choose one of average, delta, skip"):
+    with pytest.raises(
+        UsageError, match=r"--bn 'mean': choose one of average, replace-all, delta, skip"
+    ):
         RwsOptions(bn="mean")  # type: ignore[arg-type]
     assert InterpolationOptions("0.5").alpha == 0.5 and InterpolationOptions(2).scale == 2.0
     assert InterpolationOptions("auto").scale == 1.0 and InterpolationOptions().alpha is None

@@ -221,7 +221,9 @@ def test_bn_delta_projects_and_bn_skip_leaves_out() -> None:
 
 
 def test_bad_options_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match=r"--bn 'mean': choose one of average, delta, skip"):
+    with pytest.raises(
+        UsageError, match=r"--bn 'mean': choose one of average, replace-all, delta, skip"
+    ):
         rws.extract(WC, WK, method="rws", bn="mean")
     with pytest.raises(UsageError, match="method 'rws' takes origin, robust and bn"):
         rws.extract(WC, WK, method="rws", alpha=2.0)
@@ -292,3 +294,54 @@ def test_training_facts_of_a_finetuned_robust_checkpoint_reach_the_provenance(tm
         k: meta[k] for k in ("arch", "data", "corruptions", "severity", "epochs", "seed")
     }
     assert patch.provenance["projection"] is False
+
+
+def test_bn_replace_all_replaces_every_bn_tensor_at_full_weight() -> None:
+    w0, wc, _ = _cnn_states(0)
+    g = torch.Generator().manual_seed(5)
+    # a robust model whose tensors are within 2× of the clean ones (as fine-tuning leaves BN
+    # tensors): the float32 delta is then exact (Sterbenz), so replacement and undo are exact
+    wk = {k: v * (1 + 0.1 * torch.rand(v.shape, generator=g)) if v.is_floating_point() else v
+          for k, v in wc.items()}  # fmt: skip
+    patch = rws.extract(wc, wk, method="rws", origin=w0, bn="replace-all", shallow=1)
+    bn = batchnorm_tensors(open_checkpoint(wc))
+    assert {n for n, t in patch.tensors.items() if t.fixed} == bn  # bn2, bn3 too: outside layer 1
+    assert set(patch.tensors) == bn | {"conv1.weight"}  # conv1 has no bias (BN follows)
+    assert patch.provenance["bn"] == "replace-all" and "fixed" not in patch.provenance
+    sd = copy.deepcopy(wc)
+    rws.apply(sd, patch, scale=0.3)
+    for n in bn:
+        assert torch.equal(sd[n], wk[n]), n  # exactly replaced, whatever α
+    expected = wc["conv1.weight"] + 0.3 * patch.delta("conv1.weight", scaled=False)
+    assert torch.allclose(sd["conv1.weight"], expected, atol=1e-7)
+    assert torch.equal(sd["conv2.weight"], wc["conv2.weight"])
+    report = rws.remove(sd, patch, scale=0.3)
+    assert all(torch.equal(sd[n], wc[n]) for n in bn)  # bit for bit
+    assert report.inexact in ([], ["conv1.weight"])  # a scaled delta: within one rounding
+    assert torch.allclose(sd["conv1.weight"], wc["conv1.weight"], rtol=1e-6, atol=0)
+    sd = copy.deepcopy(wc)
+    rws.apply(sd, patch, scale=0.0)  # α = 0: no change, fixed tensors included
+    assert all(torch.equal(sd[n], wc[n]) for n in wc)
+
+
+def test_bn_replace_all_averages_several_robust_models() -> None:
+    w0, wc, wks = _cnn_states(2)
+    patch = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:], bn="replace-all")
+    sd = copy.deepcopy(wc)
+    rws.apply(sd, patch * 0.5)
+    mean = (wks[0]["bn3.running_mean"].double() + wks[1]["bn3.running_mean"].double()) / 2
+    assert torch.allclose(sd["bn3.running_mean"].double(), mean, atol=1e-6)
+    average = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:])
+    assert torch.equal(patch.delta("conv2.weight"), average.delta("conv2.weight"))
+
+
+def test_energy_selection_counts_weights_unless_running_stats() -> None:
+    _, wc, _ = _cnn_states(0)
+    wk = {k: v.clone() for k, v in wc.items()}
+    wk["conv1.weight"] += 0.01
+    wk["bn3.running_mean"] += 10.0  # running statistics dominate the delta, as on BN models
+    weights = rws.extract(wc, wk, energy=0.9)
+    assert weights.provenance["selection"]["layers"] == ["conv1"]
+    stats = rws.extract(wc, wk, energy=0.9, running_stats=True)
+    assert stats.provenance["selection"]["layers"] == ["conv1", "conv2", "conv3"]
+    assert stats.provenance["selection"]["running_stats"] is True

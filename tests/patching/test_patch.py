@@ -102,13 +102,13 @@ def test_unknown_major_version_and_malformed_files(tmp_path: Path) -> None:
     base, tuned = _pair()
     rws.extract(base, tuned, codec="int8").save(tmp_path / "p.safetensors")
     _rewrite_meta(
-        tmp_path / "p.safetensors", tmp_path / "v2.safetensors", lambda m: m.update(format=2)
+        tmp_path / "p.safetensors", tmp_path / "v3.safetensors", lambda m: m.update(format=3)
     )
     with pytest.raises(
         FormatVersionError,
-        match=r"v2\.safetensors: patch format 2 is newer than this rws understands \(1\); upgrade rws",
+        match=r"v3\.safetensors: patch format 3 is newer than this rws understands \(2\); upgrade rws",
     ) as e:
-        rws.load(tmp_path / "v2.safetensors")
+        rws.load(tmp_path / "v3.safetensors")
     assert e.value.exit_code == 3
     _rewrite_meta(
         tmp_path / "p.safetensors", tmp_path / "k.safetensors", lambda m: m.update(kind="magic")

@@ -70,3 +70,12 @@ def test_energy_takes_shallowest_layers_until_fraction() -> None:
     assert [la.name for la in by_energy(layers, [0.5, 0.3, 0.2], 1.0)] == ["a", "b", "c"]
     with pytest.raises(UsageError, match=r"--energy 1.5: must be in"):
         by_energy(layers, [1, 1, 1], 1.5)
+
+
+def test_running_statistics_are_told_apart() -> None:
+    from rws.patching.selection import is_running_stat, weights_only
+
+    assert is_running_stat("layer1.0.bn1.running_mean") and is_running_stat("bn.running_var")
+    assert not is_running_stat("bn.weight") and not is_running_stat("bn.num_batches_tracked")
+    e = {"bn.weight": (1.0, 2.0), "bn.running_var": (3.0, 4.0)}
+    assert weights_only(e) == {"bn.weight": (1.0, 2.0)}

@@ -66,3 +66,22 @@ def test_recalibrate_bn_inputs() -> None:
         f = model.conv1(model.normalize(x))
     assert torch.allclose(model.bn1.running_mean, f.mean((0, 2, 3)), atol=1e-6)
     assert model.bn1.momentum == 0.1 and int(model.bn1.num_batches_tracked) == 0
+
+
+def test_recalibrate_bn_mix_is_alpha_weighted_old_and_new() -> None:
+    model = init_model("small-cnn", 10, seed=0)
+    x = torch.rand(16, 3, 32, 32)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    new_model = recalibrate_bn(copy.deepcopy(model), x, batch_size=8)
+    new = new_model.state_dict()
+    recalibrate_bn(model, x, batch_size=8, mix=0.3)
+    for k, v in model.state_dict().items():
+        if k.endswith(("running_mean", "running_var")):
+            assert torch.allclose(v, 0.7 * old[k] + 0.3 * new[k], atol=1e-6), k
+            assert not torch.allclose(v, new[k], atol=1e-4), k
+        else:
+            assert torch.equal(v, old[k]), k
+    same = recalibrate_bn(copy.deepcopy(new_model), x, batch_size=8, mix=1.0).state_dict()
+    assert all(torch.equal(same[k], new[k]) for k in new)
+    with pytest.raises(UsageError, match=r"mix must be in \[0, 1\]"):
+        recalibrate_bn(model, x, mix=1.5)

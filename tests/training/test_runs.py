@@ -14,7 +14,7 @@ from rws.errors import CheckpointError, OutputPathError, UsageError
 from rws.io.safetensors_read import TensorFile
 from rws.patching.files import apply_file
 from rws.training.config import TrainConfig
-from rws.training.recalibrate import RECALIBRATED_KEY, apply_and_recalibrate
+from rws.training.recalibrate import RECALIBRATED_KEY, apply_and_recalibrate, mix_alpha
 from rws.training.runs import train_to_file
 from rws.training.weights import RESULT_KEY
 from tests.conftest import Trained
@@ -62,6 +62,26 @@ def test_apply_and_recalibrate_is_one_atomic_output(
     rec, ref = load_file(out), load_file(plain.output)
     assert torch.equal(rec["conv1.weight"], ref["conv1.weight"])
     assert not torch.equal(rec["bn1.running_var"], ref["bn1.running_var"])
+
+
+def test_apply_and_recalibrate_mixes_statistics_by_alpha(
+    trained: Trained, patch: rws.Patch, tmp_path: Path
+) -> None:
+    kw = {"arch": "small-cnn", "severity": (3, 5)}
+    plain = apply_file(trained.clean_path, [(patch, 0.5)], tmp_path / "p.safetensors")
+    apply_and_recalibrate(trained.clean_path, [(patch, 0.5)], tmp_path / "r.safetensors", **kw)
+    _, info = apply_and_recalibrate(trained.clean_path, [(patch, 0.5)], tmp_path / "m.safetensors",
+                                    bn_mix="alpha", **kw)  # fmt: skip
+    assert info["mix"] == 0.5
+    old, new = load_file(plain.output), load_file(tmp_path / "r.safetensors")
+    mixed = load_file(tmp_path / "m.safetensors")
+    for k in ("bn1.running_mean", "bn3.running_var"):
+        assert torch.allclose(mixed[k], 0.5 * old[k] + 0.5 * new[k], atol=1e-6), k
+    assert torch.equal(mixed["conv1.weight"], new["conv1.weight"])
+    assert mix_alpha([(patch, 2.0)]) == 1.0 and mix_alpha([(patch, 0.2), (patch * 0.5, 0.4)]) == 0.2
+    with pytest.raises(UsageError, match="--bn-mix 'half': choose one of replace, alpha"):
+        apply_and_recalibrate(trained.clean_path, [patch], tmp_path / "x.safetensors",
+                              bn_mix="half", **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 def test_apply_and_recalibrate_writes_nothing_on_error(
