@@ -20,6 +20,7 @@ from rws.methods import (
     list_methods,
     method_options,
 )
+from rws.methods.extract import extract as extract_patch
 from rws.patching.codecs import get_codec, list_codecs
 from rws.patching.format import list_kinds
 from rws.patching.patch import Patch
@@ -106,6 +107,8 @@ def test_interpolation_with_a_number_is_the_delta_at_scale_alpha() -> None:
     assert torch.equal(p.delta("w", scaled=False), d.delta("w", scaled=False))
     assert rws.extract(BASE, TUNED, method="interpolation").scale == 1.0
     with pytest.raises(UsageError, match="alpha='auto' is chosen on validation data"):
+        extract_patch(BASE, TUNED, method="interpolation", alpha="auto")  # the method alone
+    with pytest.raises(UsageError, match="needs validation data"):  # the facade searches
         rws.extract(BASE, TUNED, method="interpolation", alpha="auto")
 
 

@@ -226,7 +226,8 @@ def test_bad_options_are_usage_errors() -> None:
     ):
         rws.extract(WC, WK, method="rws", bn="mean")
     with pytest.raises(UsageError, match="method 'rws' takes origin, robust and bn"):
-        rws.extract(WC, WK, method="rws", alpha=2.0)
+        rws.extract(WC, WK, method="rws", gamma=2.0)
+    assert rws.extract(WC, WK, method="rws", alpha=2.0).scale == 2.0  # α: the scale, any method
 
 
 def test_origin_and_robust_must_match_the_architecture() -> None:
