@@ -26,6 +26,7 @@ from rws.cli.options import (
     NameOpt,
     OutputOpt,
     PlotOpt,
+    RunningStatsOpt,
     SeverityOpt,
     TagOpt,
     parse_corruptions,
@@ -102,6 +103,7 @@ def extract(
     energy: Annotated[
         float | None, typer.Option(help="Keep the shallowest layers holding this energy share.")
     ] = None,
+    running_stats: RunningStatsOpt = False,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     name: NameOpt = "",
@@ -139,8 +141,8 @@ def extract(
         base, tuned[0], method=method, alpha=a,
         **({} if method == "interpolation" else {"options": options}), layers=layers, data=data,
         arch=arch, device=device, progress=True, search=search, codec=codec, blocksize=blocksize,
-        shallow=shallow, energy=energy, include=include, exclude=exclude, name=name,
-        description=description, tags=parse_tags(tag),
+        shallow=shallow, energy=energy, running_stats=running_stats, include=include,
+        exclude=exclude, name=name, description=description, tags=parse_tags(tag),
     )  # fmt: skip
     patch.save(output)
     _render_extract(patch, output, plot)
