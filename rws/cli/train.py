@@ -44,6 +44,17 @@ KeepOpt = Annotated[
     ),
 ]
 
+CropOpt = Annotated[
+    int,
+    typer.Option(
+        "--crop-padding",
+        min=0,
+        help="Random-crop augmentation: pad each training image by this many pixels and crop back "
+        "at a random offset (the reference recipes use 4); 0 = none. No flips: digits are not "
+        "mirror-symmetric.",
+    ),
+]
+
 
 def _render_run(res: TrainResult, checkpoint_dir: Path | None) -> None:
     out.print(epochs_table(res))
@@ -65,6 +76,7 @@ def finetune_command(
     batch_size: BatchOpt = 128,
     optimizer: OptimizerOpt = "sgd",
     schedule: ScheduleOpt = "step",
+    crop_padding: CropOpt = 0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     checkpoint_dir: CheckpointDirOpt = None,
@@ -79,7 +91,7 @@ def finetune_command(
         epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
         optimizer=optimizer, schedule=schedule, seed=seed,  # type: ignore[arg-type]
         corruptions=parse_corruptions(corruption, option="--corruption"),
-        severity=parse_severity(severity), device=device,
+        severity=parse_severity(severity), device=device, crop_padding=crop_padding,
     )  # fmt: skip
     res = train_to_file(arch, data, weights, config, output, checkpoint_dir=checkpoint_dir,
                         progress=True)  # fmt: skip
@@ -117,6 +129,7 @@ def advtrain_command(
     optimizer: OptimizerOpt = "sgd",
     schedule: ScheduleOpt = "step",
     keep: KeepOpt = "best",
+    crop_padding: CropOpt = 0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     checkpoint_dir: CheckpointDirOpt = None,
@@ -130,6 +143,7 @@ def advtrain_command(
         optimizer=optimizer, schedule=schedule, seed=seed, device=device,  # type: ignore[arg-type]
         attack="pgd", eps=parse_eps(eps), attack_steps=steps,
         attack_step_size=parse_eps(step_size) if step_size else None, keep_best=keep == "best",
+        crop_padding=crop_padding,
     )  # fmt: skip
     res = train_to_file(arch, data, weights, config, output, checkpoint_dir=checkpoint_dir,
                         progress=True)  # fmt: skip

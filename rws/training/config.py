@@ -30,6 +30,7 @@ _LATER = (
     "attack_step_size",
     "trainable",
     "keep_best",
+    "crop_padding",
 )
 
 __all__ = ["EpochStats", "TrainConfig", "TrainResult"]
@@ -65,6 +66,10 @@ class TrainConfig:
             Empty trains the whole model.
         keep_best: return (and checkpoint) the weights of the epoch with the best ``val_acc``
             instead of the last epoch's.
+        crop_padding: the reference recipes' random crop: each training image (after its
+            corruption, as the reference crops CIFAR-10-C images) zero-padded by this many pixels
+            and cropped back at a random offset; 0 (the default) is no augmentation. No flips
+            (:mod:`rws.training.augment` says why).
         extra: unknown keys met by :meth:`from_dict`, kept and written back by :meth:`to_dict`.
     """
 
@@ -86,6 +91,7 @@ class TrainConfig:
     attack_step_size: float | None = None
     trainable: tuple[str, ...] = ()
     keep_best: bool = False
+    crop_padding: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +128,7 @@ class TrainConfig:
         put("trainable", tuple(str(n) for n in names))
         if not isinstance(self.keep_best, bool):
             raise UsageError(f"keep_best must be true or false, got {self.keep_best!r}")
+        check_int("crop_padding", self.crop_padding, 0)
         put("extra", dict(self.extra))
 
     @property

@@ -30,6 +30,7 @@ from rws.robustness.inputs import corrupted_inputs, random_corruption
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import forked_rng, generator
+from rws.training.augment import random_crop
 from rws.training.config import EpochStats, TrainConfig, TrainResult
 from rws.training.freeze import frozen_except, train_mode
 from rws.training.metrics import accuracy, adversarial, robust_accuracy
@@ -80,6 +81,7 @@ def _train_epoch(
             x, y = split.x[idx].to(dev), split.y[idx].to(dev)
             if c.corruptions:
                 x = random_corruption(x, c.corruptions, c.severity, g)
+            x = random_crop(x, c.crop_padding, g)
             if c.attack:
                 x = adversarial(model, x, y, c, g)
             logits = model(x)
