@@ -16,8 +16,9 @@ beats every single one and the uniform one at ≤ 1 point clean cost.
 
 Both searches run on 1 and on 2 threads; the chosen α, layers and coefficients must agree.
 
-Last, the defaults without validation data (issue 12 item 8): every layer at α = 1 against the
-first 2 layers at α = 1 and every layer at α = 0.5, on the test split (clean cost, gain share).
+The defaults without validation data (issue 12 item 8) are read off the same table: every layer
+at α = 1 (``K.rws``) against the demo's shallow layers at α = 1 (``K.rws-shallow``: ResNet-20's
+first 7 layers, the small CNN's first 2) and every layer at α = 0.5 (``K.rws@0.5``).
 
     python benchmarks/bench_operating_point.py [OUT] [--arch resnet20|small-cnn]
 """
@@ -80,7 +81,7 @@ def main() -> None:
     ARCH = args.arch
     logging.getLogger("rws").setLevel(logging.ERROR)
     out = Path(args.out) / f"demo-{ARCH}"
-    cfg = DemoConfig(arch=ARCH)
+    cfg = DemoConfig(arch=ARCH, search=False)
     torch.set_num_threads(1)
     run_demo(out, cfg)  # trains once, then reuses every checkpoint
     data = load_digits()
@@ -105,8 +106,8 @@ def main() -> None:
     variants: list[Any] = []
     for k in ks:
         robust_delta = rws.extract(clean_path, robust[k], name=f"{k}.robust-model")
-        first2 = rws.extract(clean_path, robust[k], method="rws", origin=origin, shallow=2,
-                             name=f"{k}.rws-first2")  # fmt: skip
+        first2 = rws.extract(clean_path, robust[k], method="rws", origin=origin,
+                             shallow=cfg.layers, name=f"{k}.rws-shallow")  # fmt: skip
         variants += [robust_delta, full[k], (full[k], 0.5), first2, sigs[k]]
     uniform = rws.compose([(s, 1 / len(ks)) for s in sigs.values()], name="uniform")
     variants += [uniform, both]
@@ -124,7 +125,7 @@ def main() -> None:
     for k in ks:
         r = by[f"{k}.robust-model"]
         gain = corrupted(r, [k]) - corrupted(base, [k])
-        for name in (f"{k}.robust-model", f"{k}.rws", f"{k}.rws@0.5", f"{k}.rws-first2",
+        for name in (f"{k}.robust-model", f"{k}.rws", f"{k}.rws@0.5", f"{k}.rws-shallow",
                      f"{k}.rws@auto"):  # fmt: skip
             v = by[name]
             cost = 100 * (base.clean - v.clean)

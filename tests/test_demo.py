@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,11 +12,12 @@ from typer.testing import CliRunner
 
 import rws
 from rws.cli.app import app
-from rws.demo import ARCH, DemoConfig, run_demo
+from rws.demo import DemoConfig, run_demo
 from rws.io.checkpoint import open_checkpoint
 from rws.models import load_model
 
 CFG = DemoConfig()  # the shipped signature library is this configuration's output (1 thread)
+ARCH = CFG.arch
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +34,9 @@ def _mean(v: rws.robustness.report.Variant, c: str) -> float:
 def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report]) -> None:
     out, report = demo
     names = [v.name for v in report.variants]
-    assert names[0] == "base" and "gaussian_noise.rws" in names and "fog.rws-int8" in names
-    assert "gaussian_noise.rws@0.5" in names and names[-1].startswith("all.rws")
+    assert names[0] == "base" and "impulse_noise.rws" in names and "fog.rws-int8" in names
+    assert "impulse_noise.rws@0.5" in names and "all.rws (α=1/|K|)" in names
+    assert names[-4:] == [*(f"{k}.rws@auto" for k in CFG.corruptions), "all.rws (searched)"]
     files = ("report.json", "report.csv", "report.png", "signatures-similarity.png")
     for f in (*files, "origin.safetensors", "clean.safetensors"):
         assert (out / f).stat().st_size > 0, f
@@ -43,38 +46,47 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
     for k in CFG.corruptions:
         sig = rws.load(out / "signatures" / f"{k}.rws.safetensors")
         assert sig.kind == "rws" and sig.tags["corruption"] == k and sig.provenance["projection"]
+        assert sig.provenance["trained"]["corruptions"] == [k]  # the robust run's provenance
         assert {t.encoded.codec for t in sig.tensors.values()} == {"int8"}
+        assert len(sig.provenance["selection"]["layers"]) == 7  # ResNet-20's stem + first stage
         rws_v, robust_v = report.variant(f"{k}.rws"), report.variant(f"{k}.robust-model")
         assert _mean(robust_v, k) > _mean(base, k) + 0.05  # the robust model is robust
-        assert _mean(rws_v, k) > _mean(base, k) + 0.05  # clean + its signature recovers much of it
+        assert _mean(rws_v, k) > _mean(base, k) + 0.02  # clean + its signature recovers some
         q = report.variant(f"{k}.rws-int8")
         assert abs(_mean(q, k) - _mean(rws_v, k)) < 0.03  # int8 loses almost nothing
         dial = [_mean(base, k)] + [
             _mean(report.variant(f"{k}.rws@{a:g}"), k) for a in CFG.alphas[:-1]
         ]
-        dial.append(_mean(rws_v, k))
-        assert dial == sorted(dial)  # α is a monotone dial on its corruption
-    # composing (αk = 1/3) helps on average; per corruption it is fragile: on one thread the noise
-    # signature's third loses to the fog/contrast signatures (0.656 -> 0.587), on two it gains
-    comp = report.variants[-1]
-    assert comp.mean_corruption > base.mean_corruption + 0.05
-    assert sum(_mean(comp, k) > _mean(base, k) for k in CFG.corruptions) >= 2
+        assert all(d > dial[0] for d in dial[1:])  # every α > 0 gains on its corruption
+        # the operating point, chosen on validation digits, keeps the clean cost near the budget
+        # on the test split (1 point on 270 validation digits: test costs 0-2 points) and gains
+        auto = report.variant(f"{k}.rws@auto")
+        assert auto.clean >= base.clean - 0.025 and _mean(auto, k) > _mean(base, k) + 0.02
+        assert auto.clean > rws_v.clean  # α = 1 pays far more
+    searched = report.variant("all.rws (searched)")
+    assert searched.clean >= base.clean - 0.025
+    assert searched.mean_corruption > base.mean_corruption + 0.05
 
 
 def test_second_run_reuses_checkpoints_and_reproduces(demo: tuple[Path, rws.Report]) -> None:
     out, report = demo
-    again = run_demo(out, CFG)  # evaluation only: every checkpoint comes from the cache
-    assert sorted(again.cached) == sorted(
-        ["origin.safetensors", "clean.safetensors"]
-        + [f"robust-{k}.safetensors" for k in CFG.corruptions]
-    )
-    assert again.report.to_dict()["variants"] == report.to_dict()["variants"]
+    # a subset of the corruptions, no search: every checkpoint it needs comes from the cache (a
+    # robust model's seed depends on its corruption, not on its place in the list)
+    cfg = dataclasses.replace(CFG, corruptions=("fog",), search=False, alphas=(1.0,))
+    again = run_demo(out, cfg)
+    assert sorted(again.cached) == ["clean.safetensors", "origin.safetensors",
+                                    "robust-fog.safetensors"]  # fmt: skip
+    for name in ("base", "fog.robust-model", "fog.rws", "fog.rws-int8"):
+        a, b = report.variant(name), again.report.variant(name)
+        assert a.clean == b.clean and a.corruptions["fog"] == b.corruptions["fog"], name
 
 
 def test_cli_demo_and_bad_corruption(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--corruptions", "fogg"])
     assert res.exit_code == 2 and res.stderr.strip().startswith("error: unknown corruption 'fogg'")
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--arch", "vgg16"])
+    assert res.exit_code == 2 and "unknown demo model 'vgg16'" in res.stderr
     assert not (tmp_path / "origin.safetensors").exists()
 
 

@@ -10,14 +10,17 @@ from rich.table import Table
 
 from rws.cli.console import err, out
 from rws.cli.options import SeedOpt, choice
-from rws.demo import DemoConfig, DemoResult, run_demo
+from rws.demo import ARCHS, DemoConfig, DemoResult, run_demo
 from rws.robustness.corruptions import list_corruptions
 
 
 def _render(res: DemoResult, folder: Path) -> None:
     rep = res.report
     names = list(rep.base.corruptions)
-    t = Table("variant", "clean", *[f"{c} (mean sev.)" for c in names], title="accuracy")
+    t = Table(title="accuracy (%): clean, and each corruption's mean over severities 1–5")
+    t.add_column("variant", no_wrap=True)
+    for name in ("clean", *names):
+        t.add_column(name, justify="right")
     for v in rep.variants:
         cells = [f"{100 * v.clean:5.1f}"]
         for c in names:
@@ -25,14 +28,43 @@ def _render(res: DemoResult, folder: Path) -> None:
             cells.append(f"{100 * acc:5.1f}")
         t.add_row(v.name, *cells)
     out.print(t)
+    for k, p in res.operating_points.items():
+        op = p.provenance["operating_point"]
+        pts = {q["alpha"]: q for q in op["curve"]["points"]}
+        a, b = pts[0.0], pts[p.scale]
+        verdict = "" if op["budget_met"] else " (no α > 0 met the budget: unpatched)"
+        out.print(
+            f"{k}: operating point α = {p.scale:g}{verdict}; on {op['data']['n_examples']} "
+            f"validation digits clean {100 * a['clean']:.1f} → {100 * b['clean']:.1f}, "
+            f"{k} {100 * a['corrupted']:.1f} → {100 * b['corrupted']:.1f}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if res.composition is not None:
+        search = res.composition.provenance["composition_search"]
+        coeffs = ", ".join(
+            f"{k} {c:g}" for k, c in zip(res.operating_points, search["coefficients"], strict=True)
+        )
+        ch, un = search["chosen"], search["uniform"]
+        out.print(
+            f"searched composition: {coeffs}; on validation clean {100 * ch['clean']:.1f}, mean "
+            f"corrupted {100 * ch['corrupted']:.1f} (uniform 1/|K|: clean {100 * un['clean']:.1f}, "
+            f"corrupted {100 * un['corrupted']:.1f})",
+            markup=False,
+            soft_wrap=True,
+        )
     for k, size in res.sizes.items():
         out.print(
             f"signature {res.signatures[k]}: {size / 1024:.1f} KiB, "
-            f"{res.model_bytes / size:.1f}× smaller than the fp32 model ({res.model_bytes / 1024:.1f} KiB)"
+            f"{res.model_bytes / size:.1f}× smaller than the fp32 model ({res.model_bytes / 1024:.1f} KiB)",
+            markup=False,
+            soft_wrap=True,
         )
     out.print(
         f"wrote {folder / 'report.json'}, {folder / 'report.csv'}, {folder / 'report.png'}, "
-        f"{folder / 'signatures-similarity.png'}"
+        f"{folder / 'signatures-similarity.png'}",
+        markup=False,
+        soft_wrap=True,
     )
     if res.cached:
         err.print(f"reused from an earlier run: {', '.join(res.cached)}")
@@ -55,6 +87,23 @@ def demo_command(
     epochs: Annotated[
         int, typer.Option(help="Fine-tuning epochs per model (the origin trains 1.5× as long).")
     ] = DemoConfig.finetune_epochs,
+    arch: Annotated[
+        str,
+        choice(
+            help="Built-in model: resnet20 (the default: the signature patches its stem and first "
+            "stage, 5 % of the parameters) or small-cnn (4 layers, about 3× faster).",
+            kind="demo model",
+            names=ARCHS,
+        ),
+    ] = DemoConfig.arch,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search/--no-search",
+            help="Choose each signature's α and the composition's coefficients on the validation "
+            "split under a 1-point clean budget (about a minute on 2 cores).",
+        ),
+    ] = True,
     seed: SeedOpt = 0,
 ) -> None:
     """Robust Weight Signatures end to end on the built-in digits data, nothing downloaded.
@@ -62,15 +111,18 @@ def demo_command(
     A few minutes on 2 CPU cores; a second run reuses every trained checkpoint.
 
     Trains an origin, a clean model and one robust model per corruption; extracts each corruption's
-    signature (fp32 and int8); evaluates the clean model with every robust model, signature,
-    scaled signature and the composition of all signatures on the same corrupted inputs.
+    signature (fp32 and int8); chooses each signature's α and the composition's coefficients on
+    the validation split; evaluates the clean model with every robust model, signature, scaled
+    signature and composition on the same corrupted test inputs.
 
-    Example: rws demo --out rws-demo --corruptions fog,contrast --epochs 2
+    Example: rws demo --out rws-demo --arch small-cnn --corruptions fog,contrast --epochs 2
     """
     cfg = DemoConfig(
+        arch=arch,
         corruptions=tuple(c.strip() for c in corruptions.split(",") if c.strip()),
         finetune_epochs=epochs,
         origin_epochs=max(1, round(1.5 * epochs)),
         seed=seed,
+        search=search,
     )
     _render(run_demo(out_dir, cfg, progress=True), out_dir)

@@ -181,7 +181,10 @@ class AlphaPoint:
 def feasible(
     p: AlphaPoint, base: AlphaPoint, max_clean_drop: float | None, max_robust_drop: float | None
 ) -> bool:
-    """Whether ``p`` keeps clean and robust accuracy within the budgets (points) of ``base``."""
+    """Whether ``p`` keeps clean and robust accuracy within the budgets (points) of ``base``; a
+    point that could not be measured (NaN clean accuracy) never is."""
+    if math.isnan(p.clean):
+        return False
     if max_clean_drop is not None and p.clean < base.clean - max_clean_drop / 100 - _EPS:
         return False
     if max_robust_drop is not None and not math.isnan(base.robust):

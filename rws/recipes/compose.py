@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -249,6 +249,7 @@ def compose(
     severity: tuple[int, int] = (1, 5),
     batch_size: int = 256,
     seed: int = 0,
+    copy: Literal["full", "cycled"] = "full",
     device: str = "auto",
     progress: bool = False,
     **compose_options: Any,
@@ -267,8 +268,9 @@ def compose(
             recorded training).
         criterion, max_clean_drop: (search) what to maximise (default the mean accuracy over the
             corruptions) and the clean budget in accuracy points below the unpatched model.
-        grid, severity, batch_size, seed, device, progress: (search) coefficient grid, the
-            corrupted validation copy, evaluation.
+        grid, severity, batch_size, seed, copy, device, progress: (search) coefficient grid,
+            the corrupted validation copy (``copy="cycled"``: each image in one (corruption,
+            severity) cell, not in every one), evaluation.
         compose_options: ``codec``, ``blocksize``, ``force``, ``name``.
 
     Returns:
@@ -294,7 +296,7 @@ def compose(
     found = list(corruptions) if corruptions is not None else _union(plain)
     settings = AlphaSettings(criterion=criterion, max_clean_drop=max_clean_drop,
                              max_robust_drop=None, corruptions=tuple(found), severity=severity,
-                             attack_steps=0, batch_size=batch_size, seed=seed)  # fmt: skip
+                             attack_steps=0, batch_size=batch_size, seed=seed, copy=copy)  # fmt: skip
     net = model_for(model, arch, split)
     with on_device(net, device):
         res = search_composition(net, plain, split, settings, grid=grid, progress=progress)

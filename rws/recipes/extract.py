@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from rws.errors import UsageError
 from rws.io.checkpoint import Source
@@ -46,6 +46,7 @@ def search_settings(
     attack_steps: int = 10,
     batch_size: int = 256,
     seed: int = 0,
+    copy: Literal["full", "cycled"] = "full",
 ) -> AlphaSettings:
     """The α-search settings for one patch; ``corruptions=None`` means the patch's own (tags or
     the robust model's recorded training).
@@ -65,7 +66,7 @@ def search_settings(
         grid=tuple(grid) if grid is not None else DEFAULT_GRID, refine=refine, criterion=crit,
         max_clean_drop=max_clean_drop, max_robust_drop=max_robust_drop, corruptions=tuple(found),
         severity=severity, attack_eps=attack_eps, attack_steps=attack_steps if needs_attack else 0,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, seed=seed, copy=copy,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ the same corrupted images.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 
 from rws.data import load_dataset
 from rws.data.types import ImageDataset, Split
-from rws.errors import UsageError
+from rws.errors import IntegrityError, UsageError
 from rws.io.hashing import tensor_sha256
 from rws.patching.ops import PatchArg, patched
 from rws.robustness.attacks import attack
@@ -30,6 +31,8 @@ from rws.runtime.seed import generator
 from rws.training.metrics import accuracy
 
 MIN_EXAMPLES = 50
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MIN_EXAMPLES", "Measurement", "Probe", "validation_split"]
 
@@ -165,7 +168,17 @@ class Probe:
     def measure(self, *patches: PatchArg) -> Measurement:
         """Accuracies of the model with ``patches`` applied (restored bit for bit after); no
         patch: the model itself (α = 0 of a search is always the unpatched model, also for a patch
-        whose fixed tensors apply whatever α)."""
+        whose fixed tensors apply whatever α). Patches that cannot be applied together (a running
+        variance pushed to ≤ 0, e.g. BN replacements summed with coefficients over 1) give an
+        all-NaN measurement, which no search rule accepts."""
+        try:
+            return self._measure(*patches)
+        except IntegrityError as exc:
+            logger.info("not measurable: %s", exc)
+            n = len(self.corrupted)
+            return Measurement(math.nan, math.nan, math.nan, (math.nan,) * n)
+
+    def _measure(self, *patches: PatchArg) -> Measurement:
         m, dev, bs = self.model, self.device, self.batch_size
         with patched(m, *patches):
             clean = accuracy(m, self.x, self.y, bs, dev)

@@ -41,6 +41,7 @@ def save_result(
     data: ImageDataset,
     source: str | os.PathLike | None = None,
     init_seed: int | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the fine-tuned weights as safetensors (atomically) with their provenance.
 
@@ -49,7 +50,7 @@ def save_result(
     (``{"path", "sha256"}`` of the starting checkpoint, or None), ``init_seed`` (the
     :func:`init_model` seed when there was no source), the config, the best epoch and the
     history, without wall times or resumption, so that the same run (same thread count) writes
-    a byte-identical file, interrupted or not.
+    a byte-identical file, interrupted or not. ``metadata`` adds other string entries.
 
     Returns:
         The metadata written.
@@ -68,5 +69,5 @@ def save_result(
     for h in meta["history"]:
         del h["seconds"]
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    save_tensors(path, state, {RESULT_KEY: json.dumps(meta)})
+    save_tensors(path, state, {**(metadata or {}), RESULT_KEY: json.dumps(meta)})
     return meta

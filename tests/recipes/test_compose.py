@@ -84,3 +84,24 @@ def test_compose_search_bad_input(
     code, _, err = run("compose", *files, "--data", "digits", "-o", tmp_path / "c.safetensors")
     assert code == 2 and "go with --search" in err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_points_that_cannot_be_applied_are_never_chosen(
+    trained: Trained, digits: ImageDataset
+) -> None:
+    """Two BN patches that each keep the running variance positive but not both at full weight:
+    that point measures as NaN (model untouched) and no search rule accepts it."""
+    from rws.recipes.alpha import AlphaPoint, feasible
+    from rws.recipes.validation import Probe, validation_split
+
+    sd = {k: v.clone() for k, v in trained.clean.state_dict().items()}
+    var = next(k for k in sd if k.endswith("running_var"))
+    a = rws.extract(sd, {**sd, var: sd[var] * 0.4}, codec="fp32", name="a")  # var·(1 − 0.6·c)
+    probe = Probe(trained.clean, validation_split((digits.val.x[:60], digits.val.y[:60])),
+                  corruptions=["fog"], severity=(3, 3))  # fmt: skip
+    alone, both = probe.measure((a, 1.0)), probe.measure((a, 1.0), (a, 1.0))
+    assert alone.clean == alone.clean and both.clean != both.clean  # NaN: not measurable
+    assert all(torch.equal(v, sd[k]) for k, v in trained.clean.state_dict().items())
+    base = AlphaPoint(0.0, 1.0, 0.5, float("nan"))
+    nan = AlphaPoint(2.0, both.clean, both.corrupted, both.robust)
+    assert not feasible(nan, base, None, None) and not feasible(nan, base, 1.0, None)
