@@ -154,7 +154,7 @@ def main() -> None:
             tc = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.lr, optimizer="adam", schedule="cosine",
                              batch_size=cfg.batch_size, weight_decay=0.0, corruptions=(k,),
                              severity=cfg.severity, seed=100 + i, device="cpu",
-                             crop_padding=cfg.crop_padding)  # fmt: skip
+                             crop_padding=cfg.crop)  # fmt: skip
             other = finetune(copy.deepcopy(origin), data, tc).model
             save_tensors(path, other.state_dict())
         others[k] = other

@@ -1,7 +1,7 @@
 """``rws demo``: the Robust Weight Signatures story end to end on the built-in digits data.
 
 1. an origin ``W0`` (ResNet-20 by default, or the small CNN, trained on clean digits from a seeded
-   initialisation, with the reference recipe's random crop),
+   initialisation; ResNet-20 with the reference recipe's random crop),
 2. a clean model ``Wc`` and one robust model ``Wk`` per corruption, each fine-tuned from ``W0``,
 3. per corruption a signature ``RWSk`` (``rws extract --method rws --origin W0 --shallow K``),
    fp32 and int8,
@@ -51,6 +51,10 @@ DEMO_KEY = "rws.demo"
 # ResNet-20's stem and first stage (7 of its 20 layers, 5 % of its parameters), the small CNN's
 # first 2 of 4 layers (conv1+bn1, conv2+bn2: 20 % of its parameters).
 SHALLOW = {"resnet20": 7, "small-cnn": 2}
+# The reference recipe's random crop (padding 4) per built-in model: the small CNN (3 convs, global
+# average pool) trains without it: with crops its 4 epochs leave it at 92.9 % clean and its robust
+# models at 38-72 % clean on the test digits (measured), against 96.0 % and 58-88 % without.
+CROP = {"resnet20": 4, "small-cnn": 0}
 ARCHS = tuple(SHALLOW)
 
 
@@ -65,9 +69,10 @@ class DemoConfig:
     finetune_epochs: int = 4
     lr: float = 3e-3
     shallow: int | None = None  # signature layers; None: ``SHALLOW[arch]``
-    crop_padding: int = 4  # the reference's random crop (no flips: digits are not symmetric)
+    crop_padding: int | None = None  # random crop; None: ``CROP[arch]`` (no flips: see augment)
     codec: str = "int8"
     alphas: tuple[float, ...] = (0.25, 0.5, 1.0)
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # the evaluation's (training uses ``severity``)
     seed: int = 0
     batch_size: int = 32
     search: bool = True  # operating points (α per signature, composition) chosen on validation
@@ -77,6 +82,11 @@ class DemoConfig:
     def layers(self) -> int:
         """The signature's layer count: ``shallow``, or the built-in model's default."""
         return self.shallow if self.shallow is not None else SHALLOW.get(self.arch, 2)
+
+    @property
+    def crop(self) -> int:
+        """The random crop's padding: ``crop_padding``, or the built-in model's default."""
+        return self.crop_padding if self.crop_padding is not None else CROP.get(self.arch, 0)
 
 
 @dataclass
@@ -132,7 +142,7 @@ def _train(
     tc = TrainConfig(
         epochs=epochs, lr=cfg.lr, optimizer="adam", schedule="cosine", batch_size=cfg.batch_size,
         weight_decay=0.0, corruptions=corruptions, severity=cfg.severity, seed=seed, device="cpu",
-        crop_padding=cfg.crop_padding,
+        crop_padding=cfg.crop,
     )  # fmt: skip
     return finetune(model, data, tc, checkpoint_dir=ckpt, progress=progress)
 
@@ -187,7 +197,7 @@ def run_demo(
         keys[name] = _key(parent=keys.get(parent or ""), epochs=epochs, corruptions=corruptions,
                           severity=cfg.severity if corruptions else None, seed=seed, lr=cfg.lr,
                           batch_size=cfg.batch_size, arch=cfg.arch,
-                          crop_padding=cfg.crop_padding or None)  # fmt: skip
+                          crop_padding=cfg.crop or None)  # fmt: skip
 
         def build() -> TrainResult:
             start = init_model(cfg.arch, 10, seed=seed) if parent is None else models[parent]
@@ -228,8 +238,8 @@ def run_demo(
     variants += [*auto.values(), *([searched] if searched is not None else [])]
 
     report = evaluate(
-        clean, data, corruptions=list(cfg.corruptions), patches=variants, seed=cfg.seed,
-        device="cpu", progress=progress,
+        clean, data, corruptions=list(cfg.corruptions), severities=list(cfg.severities),
+        patches=variants, seed=cfg.seed, device="cpu", progress=progress,
     )  # fmt: skip
     report.save_json(out / "report.json")
     report.save_csv(out / "report.csv")

@@ -91,7 +91,7 @@ def demo_command(
         str,
         choice(
             help="Built-in model: resnet20 (the default: the signature patches its stem and first "
-            "stage, 5 % of the parameters) or small-cnn (4 layers, about 3× faster).",
+            "stage, 5 % of the parameters) or small-cnn (4 layers, faster).",
             kind="demo model",
             names=ARCHS,
         ),
