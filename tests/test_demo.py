@@ -18,7 +18,7 @@ from rws.models import load_model
 
 CFG = DemoConfig()  # the shipped signature library is this configuration's output (1 thread)
 ARCH = CFG.arch
-# the same checkpoints and signatures, evaluated on fewer cells (severities 3 and 5, α = 0.5, 1)
+# the same checkpoints and signatures, evaluated on fewer cells (severities 3 and 5, α = 0.5 and 1)
 # so that the suite stays short; the evaluation settings are not part of any checkpoint's key
 EVAL = dataclasses.replace(CFG, severities=(3, 5), alphas=(0.5, 1.0))
 
@@ -49,7 +49,6 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
     for k in CFG.corruptions:
         sig = rws.load(out / "signatures" / f"{k}.rws.safetensors")
         assert sig.kind == "rws" and sig.tags["corruption"] == k and sig.provenance["projection"]
-        assert sig.provenance["trained"]["corruptions"] == [k]  # the robust run's provenance
         assert {t.encoded.codec for t in sig.tensors.values()} == {"int8"}
         assert len(sig.provenance["selection"]["layers"]) == 7  # ResNet-20's stem + first stage
         rws_v, robust_v = report.variant(f"{k}.rws"), report.variant(f"{k}.robust-model")

@@ -108,7 +108,7 @@ def demo_command(
 ) -> None:
     """Robust Weight Signatures end to end on the built-in digits data, nothing downloaded.
 
-    A few minutes on 2 CPU cores; a second run reuses every trained checkpoint.
+    3–4 minutes on 2 CPU cores (ResNet-20); a second run reuses every trained checkpoint.
 
     Trains an origin, a clean model and one robust model per corruption; extracts each corruption's
     signature (fp32 and int8); chooses each signature's α and the composition's coefficients on

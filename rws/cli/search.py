@@ -116,9 +116,12 @@ def render_operating_point(patch: Patch, plot: Path | None) -> None:
 
     op = patch.provenance.get("operating_point")
     if not op:
+        why = ""
+        if patch.provenance.get("alpha_default"):
+            why = " (the safest measured default for this method; --alpha 1 for the full delta)"
         err.print(
-            f"note: no operating-point search: {patch.label} is applied at α = {patch.scale:g} on "
-            "the selected layers; --alpha auto --data D chooses α under a clean budget",
+            f"note: no operating-point search: {patch.label} is applied at α = {patch.scale:g}"
+            f"{why} on the selected layers; --alpha auto --data D chooses α under a clean budget",
             markup=False,
         )
         return

@@ -37,9 +37,10 @@ def apply(
     Args:
         target: a module or state dict (``auto``: a module, the model that is measured).
         patches: ``Patch`` or ``(Patch, α)``; ``auto`` takes exactly one ``Patch``.
-        scale: a number, or ``"auto"``: the α maximising the criterion (default: mean accuracy over
-            the patch's corruptions) with clean accuracy within ``max_clean_drop`` points
-            (default 1) of the unpatched model's.
+        scale: a number, or ``"auto"``: the α (times the patch's own scale, unless that scale is
+            the blind default of an extraction without a search: then of the full delta)
+            maximising the criterion (default: mean accuracy over the patch's corruptions) with
+            clean accuracy within ``max_clean_drop`` points (default 1) of the unpatched model's.
         data: (auto) a dataset spec, an ``(x, y)`` pair or a DataLoader.
         device, progress: (auto) where the search evaluates; a progress bar.
         search: (auto) keywords of :func:`rws.recipes.extract.search_settings` (``corruptions``,
@@ -67,6 +68,8 @@ def apply(
             "scale='auto' takes one patch; for several use rws.compose(…, search=True)"
         )
     patch = patches[0]
+    if patch.provenance.get("alpha_default"):  # a blind default, not a choice: search the full δ
+        patch = patch.replace(scale=1.0)
     split = validation_split(data)
     settings = search_settings(patch, **search)
     with on_device(target, device):

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from rws.robustness.variant import Variant
 
 
+MAX_COLUMNS = 6  # heatmaps per row
+
+
 def bar_metrics(v: Variant) -> dict[str, float]:
     """Label → accuracy for the before/after bars: clean, each corruption (mean over
     severities), the mean corruption accuracy and each robust accuracy."""
@@ -61,25 +64,32 @@ def report_figure(variants: Sequence[Variant]) -> Figure:
     severities = sorted({s for sev in base.corruptions.values() for s in sev})
     n = len(variants)
     has_heat = bool(names)
-    fig = new_figure(max(8.0, 3.6 * n), 8.5 if has_heat else 4.2, layout="constrained")
-    grid = fig.add_gridspec(2 if has_heat else 1, n)
+    cols = min(n, MAX_COLUMNS)  # heatmaps wrap onto rows of at most MAX_COLUMNS
+    rows = -(-n // cols) if has_heat else 0
+    legend_rows = -(-n // min(n, 4))
+    fig = new_figure(max(8.0, 3.2 * cols), 2.9 * rows + 4.2 + 0.22 * legend_rows,
+                     layout="constrained")  # fmt: skip
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] * rows + [1.6])
     if has_heat:
-        images = [
-            _heatmap(fig.add_subplot(grid[0, i]), v, names, severities, i == 0)
-            for i, v in enumerate(variants)
-        ]
+        images = []
+        for i, v in enumerate(variants):
+            heat = fig.add_subplot(grid[i // cols, i % cols])
+            images.append(_heatmap(heat, v, names, severities, i % cols == 0))
         fig.colorbar(images[-1], ax=fig.axes, shrink=0.8, label="accuracy")  # type: ignore[arg-type]
     ax = fig.add_subplot(grid[-1, :])
     labels = list(bar_metrics(base))
     width = 0.8 / n
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10" if n <= 10 else "tab20"]  # distinct colours up to 20 variants
     for i, v in enumerate(variants):
         vals = bar_metrics(v)
         xs = np.arange(len(labels)) + (i - (n - 1) / 2) * width
-        ax.bar(xs, [100 * vals[k] for k in labels], width, label=v.name)
+        ax.bar(xs, [100 * vals[k] for k in labels], width, label=v.name, color=colours(i % 20))
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(n, 4))
     ax.set_title("before / after per corruption (mean over severities)", fontsize=10)
     if has_heat:
         fig.suptitle("accuracy (%) per corruption × severity", fontsize=11)

@@ -428,6 +428,7 @@ def test_bn_replace_all_and_alpha_mixed_recalibration(ws: Path, trained: Trained
     code, _, err = run(
         "extract", ws / "clean.safetensors", ws / "tuned.safetensors", "-o", ws / "p.safetensors",
         "--method", "rws", "--bn", "replace-all", "--shallow", "1", "--tag", "corruption=fog",
+        "--alpha", "1",
     )  # fmt: skip
     assert code == 0, err
     code, out, _ = run("inspect", ws / "p.safetensors")

@@ -87,7 +87,7 @@ def report() -> Report:
     """A real (small) `rws eval` of the two signatures on the shipped clean model."""
     from rws.models import create_model
 
-    model = create_model("small-cnn")
+    model = create_model("resnet20")
     model.load_state_dict(load_file(SIG / "clean.safetensors"))
     patches = [rws.load(SIG / "fog.rws.safetensors"), rws.load(SIG / "contrast.rws.safetensors")]
     return rws.evaluate(

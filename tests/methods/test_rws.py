@@ -109,7 +109,7 @@ def test_projection_is_orthogonal_to_the_clean_direction() -> None:
     w0 = {"c.weight": torch.randn(8, 3, 3, 3, generator=g), "c.bias": torch.randn(8, generator=g)}
     wc = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in w0.items()}
     wk = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in wc.items()}
-    patch = rws.extract(wc, wk, method="rws", origin=w0)
+    patch = rws.extract(wc, wk, method="rws", alpha=1.0, origin=w0)
     assert patch.kind == "rws" and patch.provenance["projection"] is True
     for n in w0:
         dk, dc = (wk[n] - w0[n]).double(), (wc[n] - w0[n]).double()
@@ -126,7 +126,7 @@ def test_projection_out_helper() -> None:
 
 
 def test_without_origin_the_signature_is_the_plain_delta() -> None:
-    patch = rws.extract(WC, WK, method="rws")
+    patch = rws.extract(WC, WK, method="rws", alpha=1.0)
     plain = rws.extract(WC, WK, method="delta")
     assert patch.provenance["projection"] is False
     assert "origin" not in patch.provenance  # None values are dropped from provenance
@@ -142,7 +142,7 @@ def _applied(sd: dict[str, torch.Tensor], patch: rws.Patch) -> dict[str, torch.T
 
 def test_patch_adds_the_signature_once_times_alpha() -> None:
     """W = Wc + α·RWS (the reference's double α is not copied)."""
-    patch = rws.extract(WC, WK, method="rws", origin=W0) * 0.5
+    patch = rws.extract(WC, WK, method="rws", alpha=1.0, origin=W0) * 0.5
     out = _applied(WC, patch)
     assert torch.equal(out["a.weight"], torch.tensor([[2.0, 2.5], [3.0, 4.0]]))
     assert torch.equal(out["a.bias"], torch.tensor([1.0, -0.5]))
@@ -153,11 +153,15 @@ def test_several_robust_models_average_their_signatures() -> None:
     w0 = {"c.weight": torch.randn(4, 3, 3, 3, generator=g)}
     wc = {"c.weight": w0["c.weight"] + 0.1 * torch.randn(4, 3, 3, 3, generator=g)}
     wks = [{"c.weight": wc["c.weight"] + torch.randn(4, 3, 3, 3, generator=g)} for _ in range(3)]
-    both = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:])
-    singles = [rws.extract(wc, wk, method="rws", origin=w0).delta("c.weight") for wk in wks]
+    both = rws.extract(wc, wks[0], method="rws", alpha=1.0, origin=w0, robust=wks[1:])
+    singles = [
+        rws.extract(wc, wk, method="rws", alpha=1.0, origin=w0).delta("c.weight") for wk in wks
+    ]
     assert torch.allclose(both.delta("c.weight"), torch.stack(singles).mean(0), atol=1e-6)
     assert len(both.provenance["robust"]) == 3
-    one = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1])  # a single extra works
+    one = rws.extract(
+        wc, wks[0], method="rws", alpha=1.0, origin=w0, robust=wks[1]
+    )  # a single extra works
     assert len(one.provenance["robust"]) == 2
 
 
@@ -190,7 +194,7 @@ def test_batchnorm_tensors_found_from_running_mean() -> None:
 
 def test_bn_average_replaces_with_the_robust_mean() -> None:
     w0, wc, wks = _cnn_states()
-    patch = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:])
+    patch = rws.extract(wc, wks[0], method="rws", alpha=1.0, origin=w0, robust=wks[1:])
     assert patch.provenance["bn"] == "average"
     for n in ("bn1.weight", "bn2.running_mean", "bn3.running_var"):
         mean = (wks[0][n].double() + wks[1][n].double()) / 2
@@ -199,17 +203,19 @@ def test_bn_average_replaces_with_the_robust_mean() -> None:
     assert torch.allclose(patched["bn1.running_var"], (wks[0]["bn1.running_var"]
                           + wks[1]["bn1.running_var"]) / 2, atol=1e-6)  # fmt: skip
     assert "bn1.num_batches_tracked" not in patch.tensors
-    one = rws.extract(wc, wks[0], method="rws", origin=w0)  # one robust model: exact replacement
+    one = rws.extract(
+        wc, wks[0], method="rws", alpha=1.0, origin=w0
+    )  # one robust model: exact replacement
     assert torch.equal(_applied(wc, one)["bn2.weight"], wks[0]["bn2.weight"])
 
 
 def test_bn_delta_projects_and_bn_skip_leaves_out() -> None:
     w0, wc, wks = _cnn_states(1)
-    projected = rws.extract(wc, wks[0], method="rws", origin=w0, bn="delta")
+    projected = rws.extract(wc, wks[0], method="rws", alpha=1.0, origin=w0, bn="delta")
     d = projected.delta("bn1.weight").double()
     dc = (wc["bn1.weight"] - w0["bn1.weight"]).double()
     assert abs(float(d @ dc)) < 1e-5 * float(d.norm() * dc.norm())
-    skipped = rws.extract(wc, wks[0], method="rws", origin=w0, bn="skip")
+    skipped = rws.extract(wc, wks[0], method="rws", alpha=1.0, origin=w0, bn="skip")
     assert not any(n.startswith("bn") for n in skipped.tensors)
     assert {n for n in skipped.skipped if n.startswith("bn")} == batchnorm_tensors(
         open_checkpoint(wc)
@@ -224,23 +230,23 @@ def test_bad_options_are_usage_errors() -> None:
     with pytest.raises(
         UsageError, match=r"--bn 'mean': choose one of average, replace-all, delta, skip"
     ):
-        rws.extract(WC, WK, method="rws", bn="mean")
+        rws.extract(WC, WK, method="rws", alpha=1.0, bn="mean")
     with pytest.raises(UsageError, match="method 'rws' takes origin, robust and bn"):
-        rws.extract(WC, WK, method="rws", gamma=2.0)
+        rws.extract(WC, WK, method="rws", alpha=1.0, gamma=2.0)
     assert rws.extract(WC, WK, method="rws", alpha=2.0).scale == 2.0  # α: the scale, any method
 
 
 def test_origin_and_robust_must_match_the_architecture() -> None:
     missing = {"a.weight": W0["a.weight"]}
     with pytest.raises(MissingTensorError, match=r"'a\.bias' is missing from <memory>; the origin"):
-        rws.extract(WC, WK, method="rws", origin=missing)
+        rws.extract(WC, WK, method="rws", alpha=1.0, origin=missing)
     wrong = {**W0, "a.weight": torch.zeros(3, 2)}
     with pytest.raises(ShapeMismatchError, match=r"'a.weight': patch expects shape \[2, 2\]"):
-        rws.extract(WC, WK, method="rws", origin=wrong)
+        rws.extract(WC, WK, method="rws", alpha=1.0, origin=wrong)
     with pytest.raises(ShapeMismatchError, match=r"'a\.weight'"):
-        rws.extract(WC, WK, method="rws", origin=W0, robust=[wrong])
+        rws.extract(WC, WK, method="rws", alpha=1.0, origin=W0, robust=[wrong])
     # a narrower selection only needs the selected tensors in the origin
-    patch = rws.extract(WC, WK, method="rws", origin=missing, include=["a.weight"])
+    patch = rws.extract(WC, WK, method="rws", alpha=1.0, origin=missing, include=["a.weight"])
     assert patch.names() == ["a.weight"]
 
 
@@ -248,7 +254,7 @@ def test_provenance_records_files_and_hashes(tmp_path) -> None:
     for name, sd in (("w0", W0), ("wc", WC), ("wk", WK)):
         save_file(sd, tmp_path / f"{name}.safetensors")
     f = {n: str(tmp_path / f"{n}.safetensors") for n in ("w0", "wc", "wk")}
-    patch = rws.extract(f["wc"], f["wk"], method="rws", origin=f["w0"], robust=[f["wk"]])
+    patch = rws.extract(f["wc"], f["wk"], method="rws", alpha=1.0, origin=f["w0"], robust=[f["wk"]])
     prov = patch.provenance
     assert prov["origin"]["path"] == "w0.safetensors" and len(prov["origin"]["sha256"]) == 64
     assert [r["path"] for r in prov["robust"]] == ["wk.safetensors", "wk.safetensors"]
@@ -271,7 +277,9 @@ def test_signature_restores_robustness_on_its_corruption(corruption: str, margin
     x, y = z.corrupted[corruption], z.y_test
     before = accuracy(z.clean, x, y)
     robust = [z.robust[corruption, s] for s in SEEDS]
-    patch = rws.extract(z.clean, robust[0], method="rws", origin=z.origin, robust=robust[1:])
+    patch = rws.extract(
+        z.clean, robust[0], method="rws", alpha=1.0, origin=z.origin, robust=robust[1:]
+    )
     model = copy.deepcopy(z.clean)
     with rws.patched(model, patch):
         after = accuracy(model, x, y)
@@ -290,7 +298,7 @@ def test_training_facts_of_a_finetuned_robust_checkpoint_reach_the_provenance(tm
     meta = {"arch": "small-cnn", "data": "digits", "corruptions": ["fog"], "severity": [3, 5],
             "epochs": 4, "seed": 2, "history": []}  # fmt: skip
     save_tensors(tmp_path / "robust.safetensors", robust, {"rws.finetune": _json.dumps(meta)})
-    patch = rws.extract(clean, tmp_path / "robust.safetensors", method="rws")
+    patch = rws.extract(clean, tmp_path / "robust.safetensors", method="rws", alpha=1.0)
     assert patch.provenance["trained"] == {
         k: meta[k] for k in ("arch", "data", "corruptions", "severity", "epochs", "seed")
     }
@@ -304,7 +312,7 @@ def test_bn_replace_all_replaces_every_bn_tensor_at_full_weight() -> None:
     # tensors): the float32 delta is then exact (Sterbenz), so replacement and undo are exact
     wk = {k: v * (1 + 0.1 * torch.rand(v.shape, generator=g)) if v.is_floating_point() else v
           for k, v in wc.items()}  # fmt: skip
-    patch = rws.extract(wc, wk, method="rws", origin=w0, bn="replace-all", shallow=1)
+    patch = rws.extract(wc, wk, method="rws", alpha=1.0, origin=w0, bn="replace-all", shallow=1)
     bn = batchnorm_tensors(open_checkpoint(wc))
     assert {n for n, t in patch.tensors.items() if t.fixed} == bn  # bn2, bn3 too: outside layer 1
     assert set(patch.tensors) == bn | {"conv1.weight"}  # conv1 has no bias (BN follows)
@@ -327,12 +335,14 @@ def test_bn_replace_all_replaces_every_bn_tensor_at_full_weight() -> None:
 
 def test_bn_replace_all_averages_several_robust_models() -> None:
     w0, wc, wks = _cnn_states(2)
-    patch = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:], bn="replace-all")
+    patch = rws.extract(
+        wc, wks[0], method="rws", alpha=1.0, origin=w0, robust=wks[1:], bn="replace-all"
+    )
     sd = copy.deepcopy(wc)
     rws.apply(sd, patch * 0.5)
     mean = (wks[0]["bn3.running_mean"].double() + wks[1]["bn3.running_mean"].double()) / 2
     assert torch.allclose(sd["bn3.running_mean"].double(), mean, atol=1e-6)
-    average = rws.extract(wc, wks[0], method="rws", origin=w0, robust=wks[1:])
+    average = rws.extract(wc, wks[0], method="rws", alpha=1.0, origin=w0, robust=wks[1:])
     assert torch.equal(patch.delta("conv2.weight"), average.delta("conv2.weight"))
 
 
@@ -346,3 +356,14 @@ def test_energy_selection_counts_weights_unless_running_stats() -> None:
     stats = rws.extract(wc, wk, energy=0.9, running_stats=True)
     assert stats.provenance["selection"]["layers"] == ["conv1", "conv2", "conv3"]
     assert stats.provenance["selection"]["running_stats"] is True
+
+
+def test_without_a_search_a_signature_is_stored_at_the_safe_default_alpha() -> None:
+    """No data, no α: a signature is stored at α = 0.5 (the safest measured choice), a delta at 1."""
+    sig, delta = rws.extract(WC, WK, method="rws"), rws.extract(WC, WK, method="delta")
+    assert sig.scale == 0.5 and sig.provenance["alpha_default"] is True
+    assert sig.provenance["operating_point"] is None
+    assert delta.scale == 1.0 and "alpha_default" not in delta.provenance
+    full = rws.extract(WC, WK, method="rws", alpha=1.0)
+    assert full.scale == 1.0 and "alpha_default" not in full.provenance
+    assert torch.equal(full.delta("a.weight"), 2 * sig.delta("a.weight"))  # only the scale differs

@@ -110,6 +110,14 @@ def test_apply_scale_auto(trained: Trained, digits: ImageDataset) -> None:
     rws.apply(expected, patch, scale=chosen.scale)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  expected.state_dict().values(), strict=True))  # fmt: skip
+    # a patch stored at the blind default α (no search at extraction) is searched over its full δ
+    blind = patch.replace(scale=0.5, provenance={**patch.provenance, "alpha_default": True})
+    again = copy.deepcopy(trained.clean)
+    rep = rws.apply(again, blind.replace(tags={"corruption": "gaussian_noise"}), scale="auto",
+                    data=_val(digits), severity=(4, 4), grid=(0, 0.25, 0.5, 1))  # fmt: skip
+    assert rep.operating_point["alpha"] == chosen.scale
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 expected.state_dict().values(), strict=True))  # fmt: skip
     with pytest.raises(UsageError, match="one patch"):
         rws.apply(model, patch, patch, scale="auto", data=_val(digits))
     with pytest.raises(UsageError, match="name the corruptions"):
