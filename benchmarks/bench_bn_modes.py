@@ -66,12 +66,14 @@ def bench(arch: str, shallow: int) -> None:
         print(" " * len(k), _row("clean model", clean, xc))
         print(" " * len(k), _row("robust model (own)", robust, xc))
         for mode in MODES:
-            p = rws.extract(clean, robust, method="rws", origin=origin, shallow=shallow, bn=mode)
+            p = rws.extract(
+                clean, robust, method="rws", alpha=1.0, origin=origin, shallow=shallow, bn=mode
+            )
             for a in ALPHAS:
                 m = copy.deepcopy(clean)
                 rws.apply(m, p, scale=a, clamp_var=True)
                 print(" " * len(k), _row(f"{mode} α={a:g}", m, xc))
-        p = rws.extract(clean, robust, method="rws", origin=origin, shallow=shallow)
+        p = rws.extract(clean, robust, method="rws", alpha=1.0, origin=origin, shallow=shallow)
         for mode, label in RECAL:
             for a in ALPHAS:
                 m = copy.deepcopy(clean)

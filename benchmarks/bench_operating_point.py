@@ -101,12 +101,12 @@ def main() -> None:
     print(f"choices on 1 thread:  {choices(*runs[1][:2])}")
     print(f"choices on 2 threads: {choices(*runs[2][:2])}  -> {'same' if same else 'DIFFERENT'}")
 
-    full = {k: rws.extract(clean_path, p, method="rws", origin=origin, name=f"{k}.rws",
+    full = {k: rws.extract(clean_path, p, method="rws", alpha=1.0, origin=origin, name=f"{k}.rws",
                            tags={"corruption": k}) for k, p in robust.items()}  # fmt: skip
     variants: list[Any] = []
     for k in ks:
         robust_delta = rws.extract(clean_path, robust[k], name=f"{k}.robust-model")
-        first2 = rws.extract(clean_path, robust[k], method="rws", origin=origin,
+        first2 = rws.extract(clean_path, robust[k], method="rws", alpha=1.0, origin=origin,
                              shallow=cfg.layers, name=f"{k}.rws-shallow")  # fmt: skip
         variants += [robust_delta, full[k], (full[k], 0.5), first2, sigs[k]]
     uniform = rws.compose([(s, 1 / len(ks)) for s in sigs.values()], name="uniform")

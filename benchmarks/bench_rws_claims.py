@@ -160,10 +160,10 @@ def main() -> None:
         others[k] = other
     n, verdict = len(ks), ""
     for label, excl in (("weights", RUNNING), ("with running statistics", None)):
-        a = [rws.extract(clean, robust[k], method="rws", origin=origin, exclude=excl, name=f"{k}/A")
-             for k in ks]  # fmt: skip
-        b = [rws.extract(clean, others[k], method="rws", origin=origin, exclude=excl, name=f"{k}/B")
-             for k in ks]  # fmt: skip
+        a = [rws.extract(clean, robust[k], method="rws", alpha=1.0, origin=origin, exclude=excl,
+                         name=f"{k}/A") for k in ks]  # fmt: skip
+        b = [rws.extract(clean, others[k], method="rws", alpha=1.0, origin=origin, exclude=excl,
+                         name=f"{k}/B") for k in ks]  # fmt: skip
         sim = similarity([*a, *b], per_layer=False).overall
         passed = []
         print(f"    {label}:")
@@ -212,7 +212,9 @@ def main() -> None:
         want = clean.eval()(x).argmax(1)
     same_pred, exact, checked, maxdiff = 0, 0, 0, 0.0
     for k in ks:
-        sig = rws.extract(clean, robust[k], method="rws", origin=origin, shallow=K, name=f"{k}.rws")
+        sig = rws.extract(
+            clean, robust[k], method="rws", alpha=1.0, origin=origin, shallow=K, name=f"{k}.rws"
+        )
         m = copy.deepcopy(clean)
         rws.apply(m, sig)
         r_rep = rws.remove(m, sig)
@@ -277,7 +279,7 @@ def main() -> None:
           f"reproduced when int8 loses ≤ {INT8_LOSS:g} pt against the fp32 signature on every "
           f"corruption and its file is ≥ {PAPER_RATIO:g}× smaller than the fp32 model; loses ≤ "
           f"{INT8_LOSS:g} pt but smaller ratio: partly; else not reproduced")  # fmt: skip
-    nf4 = {k: rws.extract(clean, robust[k], method="rws", origin=origin, codec="nf4", shallow=K,
+    nf4 = {k: rws.extract(clean, robust[k], method="rws", alpha=1.0, origin=origin, codec="nf4", shallow=K,
                           name=f"{k}.rws-nf4") for k in ks}  # fmt: skip
     losses, ratios = [], []
     for k in ks:
@@ -321,7 +323,14 @@ def main() -> None:
         # BN as a projected delta: the "average" mode's BN delta replaces the clean model's running
         # statistics, which on another backbone can drive a running variance below zero
         rws.extract(
-            clean, robust[k], method="rws", origin=origin, shallow=K, bn="delta", name=f"{k}.rws"
+            clean,
+            robust[k],
+            method="rws",
+            alpha=1.0,
+            origin=origin,
+            shallow=K,
+            bn="delta",
+            name=f"{k}.rws",
         )
         for k in ks
     ]

@@ -31,11 +31,11 @@ from rws.runtime.device import on_device
 __all__ = ["DEFAULT_ALPHA", "SearchOptions", "extract", "search_settings"]
 
 # α without an operating-point search, per method (others: 1). For a Robust Weight Signature the
-# safest measured choice: on the built-in ResNet-20 every layer at α = 0.5 costs 2.0-10.2 clean
-# points and keeps 74-84 % of the robust models' gains, against 11.6-63.6 points and -34-62 % at
-# α = 1; on a small CNN without BatchNorm 3.3-43.8 points against 5.8-56.9
-# (benchmarks/bench_operating_point.py, benchmarks/bench_safe_defaults.py). A ``delta`` keeps
-# α = 1: it is the fine-tuned model itself.
+# safest measured choice: α = 0.5 costs less clean accuracy than α = 1 on all three networks
+# measured, e.g. on the built-in ResNet-20, every layer: 2.0-10.2 clean points against 11.6-63.6,
+# keeping 74-84 % of the robust models' gains against -34-62 %; on a small CNN without BatchNorm
+# 1.3-40.9 points against 6.4-57.8 (benchmarks/bench_safe_defaults.py). A ``delta`` keeps α = 1:
+# it is the fine-tuned model itself.
 DEFAULT_ALPHA = {"rws": 0.5}
 
 SearchOptions = Mapping[str, Any]
