@@ -7,15 +7,22 @@ examples ``(x_adv, y)`` made once against the model::
 
     MRC(M) = max_{‖ΔW‖ ≤ ε·‖W‖} L(W + ΔW) − L(W)
 
-found as the reference does: plain gradient *ascent* on the mean cross-entropy, one step of size
-``lr`` per batch, ``passes`` passes over the set in a fixed order, the perturbation projected
-back onto the ball after each pass and the loss of the whole set measured there; MRC is the largest
-loss seen minus the unperturbed loss (so ≥ 0). The model stays in eval mode throughout.
+found by the reference's rule: plain gradient *ascent* on the mean cross-entropy, one step of
+size ``lr`` per batch, ``passes`` passes over the set, the perturbation projected back onto the
+ball after each pass and the loss of the whole set measured there; MRC is the largest loss seen
+minus the unperturbed loss (so ≥ 0). The model stays in eval mode throughout.
 
-Faster than the reference, same numbers: the adversarial set is built once for all modules,
-the module's weight is perturbed in place and restored bit for bit (no copy of the model per
-module), and every other parameter is frozen, so backward stops at the module instead of running
-down to the input.
+Where rws's recipe departs from the reference code: the adversarial set comes from the
+*training* split (the reference uses the test split; rws keeps the test split out of every
+choice), the ascent runs over fixed-order batches of ``batch_size`` (128; the reference shuffles
+batches of 512, and batch size alone roughly doubles MRC values and can reorder mid-ranked
+modules), and the PGD examples use rws's PGD (step ``2.5·eps/steps``). The values are therefore
+not the reference's numbers; only the computation below is checked against a plain one.
+
+The computation is faster than a deep copy of the model per module and gives identical values
+(``benchmarks/bench_rift.py`` checks it): the adversarial set is built once for all modules, the
+module's weight is perturbed in place and restored bit for bit, and every other parameter is
+frozen, so backward stops at the module instead of running down to the input.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MrcSettings:
-    """The MRC recipe; defaults are the reference's (REFERENCES.md, RiFT).
+    """The MRC recipe: ε, passes, lr and the attack budget are the reference's (REFERENCES.md,
+    RiFT); the data split, batch size and batch order are not (see the module doc).
 
     Attributes:
         eps_ratio: radius of the weight ball relative to ‖W‖ (0.1).
@@ -265,10 +273,10 @@ def mrc(
     Args:
         model: the (adversarially trained) classifier; inputs in [0, 1], normalisation inside.
             Its weights are restored bit for bit; it is left in eval mode.
-        data: a dataset (its training split is used, as in the reference), a split, ``(x, y)``
+        data: a dataset (its training split is used; the reference uses the test split), a split, ``(x, y)``
             or a dataset spec such as ``"digits"``.
         modules: the modules to measure (default: every conv/linear, in definition order).
-        settings: the recipe (:class:`MrcSettings`; the reference's defaults).
+        settings: the recipe (:class:`MrcSettings`).
         device: ``auto``, ``cpu`` or ``cuda[:n]``.
         progress: a rich progress bar on stderr.
 

@@ -1,14 +1,17 @@
 """RiFT (Zhu et al., ICCV 2023): Robust Critical Fine-Tuning of an adversarially trained model.
 
 1. MRC of every conv/linear module (:mod:`rws.recipes.criticality`) on PGD examples of the training split.
-2. Fine-tune only the least critical module (with its bias and following BatchNorm) on clean
-   training data: SGD, momentum 0.9, lr 1e-3, weight decay 5e-4, 10 epochs, lr ×0.1 at half,
-   keeping the epoch with the best clean validation accuracy. Every other module stays in eval
-   mode, so the change is confined to that one layer (the reference trains with the whole model in
-   train mode, which also moves every other BatchNorm's running statistics).
+2. Fine-tune only the least critical module on clean training data: SGD, momentum 0.9, lr 1e-3,
+   weight decay 5e-4, 10 epochs, lr ×0.1 at half, keeping the epoch with the best clean validation
+   accuracy (the reference's optimiser and schedule). Departures from the reference code: rws
+   trains the module's weight, its bias and the following BatchNorm (the reference: the weight
+   only); every other module stays in eval mode, so the change is confined to that one layer (the
+   reference runs the whole model in train mode, so every BatchNorm re-estimates its statistics on
+   clean data); rws uses no augmentation (the reference: random crop and flip).
 3. Measure ``W + α·(W_ft − W)`` for α = 0, 0.1, …, 1 on the validation split (:mod:`rws.recipes.alpha`)
    and keep the α with the best clean accuracy whose PGD accuracy is at most ``max_robust_drop``
-   (0.1 point) below the AT model's; the reference picks by hand on the test set.
+   (0.1 point) below the AT model's, PGD run once; the reference picks by hand on the test set
+   and the paper reports the worst of 3 PGD runs.
 
 The patch (kind ``rift``, registered here) stores the exact ``W_ft − W`` of that layer (extracted
 with the ``delta`` method) with ``scale = α`` and, in its provenance (``method: rift``), the
@@ -55,7 +58,8 @@ register_kind(
 
 
 def rift_train_config(**overrides: Any) -> TrainConfig:
-    """The reference's module fine-tuning recipe (clean data, lr ×0.1 at half, best epoch kept)."""
+    """The reference's optimiser and schedule for the module fine-tuning (clean data, lr ×0.1 at
+    half, best epoch kept); what is trained and in which mode differ (see the module doc)."""
     base: dict[str, Any] = {
         "epochs": 10, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
         "optimizer": "sgd", "schedule": "step", "milestones": (0.5,), "keep_best": True,
