@@ -62,6 +62,14 @@ def _render(report: Report, outputs: list[tuple[Path | None, str]]) -> None:
         f"inputs sha256 {s['inputs_sha256'][:12]}…, {s['timing']['elapsed_s']:.1f} s",
         markup=False,
     )
+    approx = [c for c, k in (s.get("kernels") or {}).items() if k == "approximate"]
+    if approx:
+        out.print(
+            f"approximate kernels, not comparable with CIFAR-10-C numbers: {', '.join(approx)} "
+            "(rws list corruptions says how each departs)",
+            markup=False,
+            soft_wrap=True,
+        )
     for path, method in outputs:
         if path is not None:
             getattr(report, method)(path)

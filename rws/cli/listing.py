@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -39,12 +39,20 @@ def list_command(
     """
     registry = REGISTRIES[kind]
     rows = [registry.entry(n) for n in registry.names(pattern)]
+    extra = _kernel if kind == "corruptions" else None
     if as_json:
-        out.print_json(
-            json.dumps([{"name": e.name, "summary": e.summary, "url": e.url} for e in rows])
-        )
+        items = [{"name": e.name, "summary": e.summary, "url": e.url} for e in rows]
+        if extra:
+            items = [{**d, "kernel": extra(e)} for d, e in zip(items, rows, strict=True)]
+        out.print_json(json.dumps(items))
         return
-    t = Table("name", "summary")
+    t = Table("name", "summary", *(["kernel"] if extra else []))
     for e in rows:
-        t.add_row(e.name, e.summary)
+        t.add_row(e.name, e.summary, *([extra(e)] if extra else []))
     out.print(t)
+
+
+def _kernel(entry: Any) -> str:
+    """A corruption's fidelity to the reference: ``reference`` or ``approximate: why``."""
+    why = entry.info.get("approximate")
+    return f"approximate: {why}" if why else "reference"

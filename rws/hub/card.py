@@ -323,6 +323,11 @@ def _settings_line(s: dict[str, Any]) -> str:
             f"attacks {', '.join(attacks)}" + (f" (ε = {eps:.4g}, {s.get('norm')})" if eps else "")
         )
     parts.append(f"seed {s.get('seed')}")
+    approx = [c for c, k in (s.get("kernels") or {}).items() if k == "approximate"]
+    if approx:
+        parts.append(
+            f"approximate kernels (not comparable with CIFAR-10-C numbers): {', '.join(approx)}"
+        )
     if s.get("inputs_sha256"):
         parts.append(f"inputs sha256 `{str(s['inputs_sha256'])[:12]}…`")
     parts.append(f"rws {s.get('rws_version', '?')}")

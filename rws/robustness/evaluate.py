@@ -35,6 +35,7 @@ from rws.robustness import distributed as dist
 from rws.robustness.attacks import ATTACKS, check_gradient_masking
 from rws.robustness.attacks import attack as run_attack
 from rws.robustness.config import EvalConfig
+from rws.robustness.corruptions import kernel_fidelity
 from rws.robustness.inputs import EvalInputs
 from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
@@ -308,6 +309,7 @@ def evaluate(
         "data": data_name, "n_examples": n, "test_examples": total,
         "corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
         "params": cfg.params, "corruption_source": source or "rws kernels",
+        "kernels": {} if source else {c: kernel_fidelity(c) for c in cfg.corruptions},
         "attack": list(cfg.attack), "eps": cfg.eps, "norm": cfg.norm, "batch_size": cfg.batch_size,
         "steps": {a: cfg.steps or ATTACKS.entry(a).info.get("steps") for a in cfg.attack},
         "device": dev.type, "amp": cfg.amp, "seed": cfg.seed, "baseline": base_info,

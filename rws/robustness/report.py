@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["variant", "metric", "value", "delta", "test", "p_value", "p_holm", "ci95_lo", "ci95_hi"]
+COLUMNS = ["variant", "metric", "value", "delta", "test", "p_value", "p_holm", "ci95_lo", "ci95_hi",
+           "kernel"]  # fmt: skip
 
 
 @dataclass
@@ -108,8 +109,11 @@ class Report:
         Metrics: ``clean``, ``corruption/<name>/<severity>``, ``corruption/<name>`` (mean over
         severities), ``mean_corruption``, ``mce``, ``robust/<attack>``. ``test``, ``p_value``,
         ``p_holm`` and ``ci95_lo/hi`` are None where the report has none (the base, mCE, older
-        reports).
+        reports). ``kernel`` (corruption rows): ``reference`` or ``approximate``
+        (:func:`rws.robustness.corruptions.kernel_fidelity`), None for other rows, for corruptions
+        read from files and for older reports.
         """
+        kernels = self.settings.get("kernels") or {}
         out: list[dict[str, Any]] = []
         for v in self.variants:
             vs = v.vs_base or {}
@@ -119,11 +123,13 @@ class Report:
             ) -> None:
                 cmp = cmp or {}
                 ci = cmp.get("ci95") or [None, None]
+                parts = metric.split("/")
+                kernel = kernels.get(parts[1]) if parts[0] == "corruption" else None
                 out.append(
                     {"variant": name, "metric": metric, "value": value,
                      "delta": cmp.get("delta"), "test": cmp.get("test"),
                      "p_value": cmp.get("p_value"), "p_holm": cmp.get("p_holm"),
-                     "ci95_lo": ci[0], "ci95_hi": ci[1]}
+                     "ci95_lo": ci[0], "ci95_hi": ci[1], "kernel": kernel}
                 )  # fmt: skip
 
             row("clean", v.clean, vs.get("clean"))

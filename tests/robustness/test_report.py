@@ -77,7 +77,7 @@ def test_csv_one_row_per_variant_and_metric(tmp_path) -> None:
     assert float(fog["mce"]["delta"]) == -0.2 and fog["mce"]["p_value"] == ""
     assert rows[0]["delta"] == ""  # the base has no comparison
     assert list(rows[0]) == ["variant", "metric", "value", "delta", "test", "p_value", "p_holm",
-                             "ci95_lo", "ci95_hi"]  # fmt: skip
+                             "ci95_lo", "ci95_hi", "kernel"]  # fmt: skip
     pooled = fog["corruption/fog"]
     assert pooled["test"] == "wilcoxon" and float(pooled["p_value"]) == 0.5
     assert float(pooled["p_holm"]) == 1.0  # 6 tested rows: min(1, 6 · 0.5)

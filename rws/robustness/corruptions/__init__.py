@@ -24,6 +24,7 @@ from rws.robustness.corruptions.registry import (
     benchmark_order,
     corruption_info,
     get_corruption,
+    kernel_fidelity,
     list_corruptions,
     register_corruption,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "corrupt",
     "corruption_info",
     "get_corruption",
+    "kernel_fidelity",
     "list_corruptions",
     "register_corruption",
 ]

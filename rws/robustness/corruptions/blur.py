@@ -98,7 +98,10 @@ def glass_blur(
     return _filters.gaussian(x, sigma)
 
 
-@register_corruption("motion_blur", family="blur")
+@register_corruption(
+    "motion_blur", family="blur",
+    approximate="rws's own line kernel, not ImageMagick's MotionBlurImage, no uint8 round trip",
+)  # fmt: skip
 def motion_blur(
     x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator
 ) -> torch.Tensor:

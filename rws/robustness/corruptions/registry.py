@@ -26,7 +26,13 @@ PAPER_URL = "https://arxiv.org/abs/1903.12261"
 
 
 def register_corruption(
-    name: str, *, family: Family, extra: bool = False, random: bool = True, summary: str = ""
+    name: str,
+    *,
+    family: Family,
+    extra: bool = False,
+    random: bool = True,
+    summary: str = "",
+    approximate: str = "",
 ) -> Callable[[Kernel], Kernel]:
     """Register a corruption kernel under ``name``.
 
@@ -36,13 +42,17 @@ def register_corruption(
         extra: True for the four validation corruptions (not for headline claims).
         random: False when the kernel draws no random numbers (same output for every seed).
         summary: One line for docs; defaults to the first docstring line.
+        approximate: Empty when the kernel follows the reference (hendrycks/robustness): its
+            severity table and the same distribution of random draws (other random numbers); else
+            how it departs, so that reports can say its numbers are not comparable with CIFAR-10-C.
 
     Returns:
         The decorator.
     """
     return CORRUPTION_REGISTRY.register(
-        name, summary=summary, url=PAPER_URL, family=family, extra=extra, random=random
-    )
+        name, summary=summary, url=PAPER_URL, family=family, extra=extra, random=random,
+        approximate=approximate,
+    )  # fmt: skip
 
 
 def get_corruption(name: str) -> Kernel:
@@ -51,8 +61,19 @@ def get_corruption(name: str) -> Kernel:
 
 
 def corruption_info(name: str) -> dict[str, Any]:
-    """``family``, ``extra`` and ``random`` of a registered corruption."""
+    """``family``, ``extra``, ``random`` and ``approximate`` of a registered corruption."""
     return dict(CORRUPTION_REGISTRY.entry(name).info)
+
+
+def kernel_fidelity(name: str) -> str:
+    """``"reference"`` when the kernel follows the reference, else ``"approximate"``; the reason
+    is ``corruption_info(name)["approximate"]``.
+
+    Example:
+        >>> kernel_fidelity("fog"), kernel_fidelity("frost")
+        ('reference', 'approximate')
+    """
+    return "approximate" if corruption_info(name).get("approximate") else "reference"
 
 
 def list_corruptions(pattern: str = "*") -> list[str]:

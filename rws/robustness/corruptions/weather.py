@@ -11,7 +11,10 @@ from rws.robustness.corruptions._textures import frost_texture, plasma_fractal
 from rws.robustness.corruptions.registry import register_corruption
 
 
-@register_corruption("snow", family="weather")
+@register_corruption(
+    "snow", family="weather",
+    approximate="its motion blur is rws's own line kernel, not ImageMagick's MotionBlurImage",
+)  # fmt: skip
 def snow(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -> torch.Tensor:
     """Falling snow: a thresholded, zoomed noise layer smeared by a motion blur, added twice.
 
@@ -34,7 +37,11 @@ def snow(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -
     return out.add_(x, alpha=weight).add_(layer.add_(layer.flip(-2, -1)))
 
 
-@register_corruption("frost", family="weather")
+@register_corruption(
+    "frost", family="weather",
+    approximate="a procedural frost texture instead of the reference's frost photographs "
+    "(darker, smoother, less coloured: milder than CIFAR-10-C frost)",
+)  # fmt: skip
 def frost(x: torch.Tensor, c: tuple[float, float], *, generator: torch.Generator) -> torch.Tensor:
     """``image weight · x + frost weight · texture``, ``c = (image weight, frost weight)``.
 
