@@ -16,6 +16,7 @@ from rws.cli.options import (
     CorruptionsOpt,
     DeviceOpt,
     EpsOpt,
+    ParamsOpt,
     SeedOpt,
     SeveritiesOpt,
     parse_corruptions,
@@ -28,6 +29,7 @@ from rws.models import load_model
 from rws.patching.patch import load
 from rws.robustness import distributed
 from rws.robustness.config import EvalConfig
+from rws.robustness.corruptions.params import reference_data
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
 
@@ -57,15 +59,17 @@ def _render(report: Report, outputs: list[tuple[Path | None, str]]) -> None:
         err.print(f"warning: {w}", markup=False, soft_wrap=True)
     out.print(report.table())
     s = report.settings
+    table = f"corruption table {s['table']}, " if s.get("table") and s.get("corruptions") else ""
     out.print(
-        f"{s['n_examples']} examples of {s['data']}, seed {s['seed']}, {s['device']}, "
+        f"{s['n_examples']} examples of {s['data']}, {table}seed {s['seed']}, {s['device']}, "
         f"inputs sha256 {s['inputs_sha256'][:12]}…, {s['timing']['elapsed_s']:.1f} s",
         markup=False,
     )
     approx = [c for c, k in (s.get("kernels") or {}).items() if k == "approximate"]
     if approx:
         out.print(
-            f"approximate kernels, not comparable with CIFAR-10-C numbers: {', '.join(approx)} "
+            f"approximate kernels, not comparable with {reference_data(s.get('table'))} numbers: "
+            f"{', '.join(approx)} "
             "(rws list corruptions says how each departs)",
             markup=False,
             soft_wrap=True,
@@ -85,6 +89,7 @@ def eval_command(
     data: EvalDataOpt = "digits",
     corruptions: CorruptionsOpt = "all",
     severities: SeveritiesOpt = "1-5",
+    params: ParamsOpt = "auto",
     attack: AttackOpt = "none",
     eps: EpsOpt = "8/255",
     steps: Annotated[
@@ -101,6 +106,14 @@ def eval_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Refuse (exit 7) when gradient masking is suspected.")
     ] = False,
+    checks: Annotated[
+        bool,
+        typer.Option(
+            "--checks",
+            help="Also check the attack converged on 128 images: 4× steps, ε/2ε/4ε, 2 seeds "
+            "(numbers in the report, flags as warnings).",
+        ),
+    ] = False,
     out_json: Annotated[Path | None, typer.Option("--out", help="JSON report (atomic).")] = None,
     csv: Annotated[
         Path | None, typer.Option("--csv", help="CSV, one row per variant × metric.")
@@ -116,7 +129,7 @@ def eval_command(
     config = dict(corruptions=parse_corruptions(corruptions),
                   severities=parse_severities(severities), attack=attack, eps=eps, steps=steps,
                   n_examples=n_examples, batch_size=batch_size, device=device, amp=amp,
-                  seed=seed, strict=strict)  # fmt: skip
+                  seed=seed, strict=strict, params=params, checks=checks)  # fmt: skip
     EvalConfig(**config)  # every setting checked before any file is read
     specs = [parse_patch_arg(p) for p in patch or []]
     for o in (out_json, csv, plot):

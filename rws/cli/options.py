@@ -25,6 +25,7 @@ from rws.patching.codecs import get_codec, list_codecs
 from rws.recipes.alpha import METRICS, parse_criterion
 from rws.robustness.attacks import list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, list_corruptions
+from rws.robustness.corruptions.params import TABLES
 from rws.training.config import OPTIMIZERS, SCHEDULES
 from rws.training.recalibrate import BN_MIXES
 
@@ -210,6 +211,17 @@ CorruptionsOpt = Annotated[
         keywords=("all", "none"),
         listed=True,
         metavar="<all|none|NAME,…>",
+    ),
+]
+ParamsOpt = Annotated[
+    str,
+    choice(
+        help="Severity table: cifar (make_cifar_c.py), imagenet (make_imagenet_c.py), "
+        "imagecorruptions (the package COCO-C and most detection/segmentation sets were made "
+        "with) or auto (cifar up to 64 px a side, else imagenet).",
+        kind="severity table",
+        names=list(TABLES),
+        keywords=("auto",),
     ),
 ]
 SeverityOpt = Annotated[str, typer.Option(help="Severity S, or a range LO-HI drawn per batch.")]

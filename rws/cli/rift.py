@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from rws.cli.options import (
     OutputOpt,
     PlotOpt,
     SeedOpt,
+    choice,
     parse_corruptions,
 )
 from rws.cli.render import alpha_table, mrc_table
@@ -33,9 +35,28 @@ from rws.models import load_model
 from rws.recipes.alpha import AlphaSettings
 from rws.recipes.criticality import MrcSettings, mrc
 from rws.recipes.plots import plot_alpha_curve, plot_mrc
-from rws.recipes.rift import rift, rift_train_config
+from rws.recipes.rift import RIFT_RECIPES, rift, rift_recipe, rift_train_config
 
 AtWeightsOpt = Annotated[str, typer.Option(help="The adversarially trained checkpoint.")]
+RecipeOpt = Annotated[
+    str,
+    choice(
+        help="rws (training split, weight+bias+BN trained, rest in eval mode, no augmentation) or "
+        "reference (the RiFT code's choices; README: RiFT recipes).",
+        kind="RiFT recipe",
+        names=list(RIFT_RECIPES),
+    ),
+]
+MrcBatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Examples per ascent step (default: the recipe's, 128 rws, 512 reference)."),
+]
+
+
+def _mrc_settings(recipe: str, batch_size: int | None, **kw: object) -> MrcSettings:
+    """The recipe's MRC settings with the options given on the command line."""
+    base = rift_recipe(recipe).mrc
+    return dataclasses.replace(base, batch_size=batch_size or base.batch_size, **kw)
 
 
 def _check_outputs(outputs: list[Path | None], inputs: list[str]) -> None:
@@ -63,9 +84,10 @@ def mrc_command(
     eps: EpsOpt = "8/255",
     steps: Annotated[int, typer.Option(help="PGD iterations building the adversarial set.")] = 10,
     n_examples: Annotated[
-        int | None, typer.Option(help="First N training examples (default all).")
+        int | None, typer.Option(help="First N examples of the recipe's split (default all).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per ascent step.")] = 128,
+    batch_size: MrcBatchOpt = None,
+    recipe: RecipeOpt = "rws",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: Annotated[
@@ -77,9 +99,9 @@ def mrc_command(
 
     Example: rws mrc --arch small-cnn --weights at.safetensors --data digits --plot mrc.png
     """
-    settings = MrcSettings(eps_ratio=eps_ratio, passes=passes, lr=lr, attack_eps=eps,
-                           attack_steps=steps, n_examples=n_examples, batch_size=batch_size,
-                           seed=seed)  # fmt: skip
+    settings = _mrc_settings(recipe, batch_size, eps_ratio=eps_ratio, passes=passes, lr=lr,
+                             attack_eps=eps, attack_steps=steps, n_examples=n_examples,
+                             seed=seed)  # fmt: skip
     _check_outputs([json_out, plot], [weights])
     res = mrc(*_load(arch, weights, data), settings=settings, device=device, progress=True)
     out.print(mrc_table(res))
@@ -122,8 +144,9 @@ def rift_command(
     eps_ratio: Annotated[float, typer.Option(help="MRC weight-ball radius / ‖W‖.")] = 0.1,
     passes: Annotated[int, typer.Option(help="MRC ascent passes.")] = 10,
     n_examples: Annotated[
-        int | None, typer.Option(help="MRC: first N training examples (default all).")
+        int | None, typer.Option(help="MRC: first N examples of the recipe's split (default all).")
     ] = None,
+    recipe: RecipeOpt = "rws",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     work_dir: Annotated[
@@ -138,22 +161,25 @@ def rift_command(
 
     Example: rws rift --arch small-cnn --weights at.safetensors --data digits -o rift.safetensors
     """
-    ms = MrcSettings(eps_ratio=eps_ratio, passes=passes, attack_eps=eps, attack_steps=steps,
-                     n_examples=n_examples, seed=seed)  # fmt: skip
+    rec = rift_recipe(recipe)
+    ms = _mrc_settings(recipe, None, eps_ratio=eps_ratio, passes=passes, attack_eps=eps,
+                       attack_steps=steps, n_examples=n_examples, seed=seed)  # fmt: skip
     alpha = AlphaSettings(criterion=criterion, max_robust_drop=max_robust_drop,
                           corruptions=parse_corruptions(corruptions), attack_eps=ms.attack_eps,
-                          attack_steps=steps, seed=seed, copy="cycled")  # fmt: skip
-    cfg = rift_train_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+                          attack_steps=steps, seed=seed, copy="cycled",
+                          attack_step_size=rec.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip
+    cfg = rift_train_config(**{**rec.train, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                               "seed": seed})  # fmt: skip
     _check_outputs([output, plot], [weights])
-    res = rift(*_load(arch, weights, data), module=module, mrc_settings=ms, train_config=cfg,
-               alpha_settings=alpha, codec=codec, work_dir=work_dir, device=device, name=name,
-               source=weights, progress=True)  # fmt: skip
+    res = rift(*_load(arch, weights, data), recipe=recipe, module=module, mrc_settings=ms,
+               train_config=cfg, alpha_settings=alpha, codec=codec, work_dir=work_dir,
+               device=device, name=name, source=weights, progress=True)  # fmt: skip
     res.patch.save(output)
     out.print(mrc_table(res.mrc))
     out.print(alpha_table(res.curve))
     base, best = res.curve.base, res.curve.chosen
     out.print(
-        f"wrote {output}: module {res.module}, α = {best.alpha:g}; validation clean "
+        f"wrote {output}: {recipe} recipe, module {res.module}, α = {best.alpha:g}; validation clean "
         f"{100 * base.clean:.2f} → {100 * best.clean:.2f}, robust {100 * base.robust:.2f} → "
         f"{100 * best.robust:.2f}",
         markup=False,

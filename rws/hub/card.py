@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rws.errors import HubReferenceError
 from rws.io.hub_ref import is_hub_ref, repo_ref
+from rws.robustness.corruptions.params import reference_data
 
 if TYPE_CHECKING:
     from rws.patching.patch import Patch
@@ -322,11 +323,14 @@ def _settings_line(s: dict[str, Any]) -> str:
         parts.append(
             f"attacks {', '.join(attacks)}" + (f" (ε = {eps:.4g}, {s.get('norm')})" if eps else "")
         )
+    if s.get("corruptions") and s.get("table"):
+        parts.append(f"corruption table {s['table']}")
     parts.append(f"seed {s.get('seed')}")
     approx = [c for c, k in (s.get("kernels") or {}).items() if k == "approximate"]
     if approx:
         parts.append(
-            f"approximate kernels (not comparable with CIFAR-10-C numbers): {', '.join(approx)}"
+            f"approximate kernels (not comparable with {reference_data(s.get('table'))} numbers): "
+            + ", ".join(approx)
         )
     if s.get("inputs_sha256"):
         parts.append(f"inputs sha256 `{str(s['inputs_sha256'])[:12]}…`")

@@ -106,6 +106,9 @@ class AlphaSettings:
         copy: ``full`` (every example at every severity of each corruption) or ``cycled`` (each
             example in one (corruption, severity) cell: cheaper over many corruptions).
         attack_eps, attack_steps: PGD (L∞) of the robust metric; ``attack_steps=0`` skips it.
+        attack_step_size: the PGD step (None: rws's ``2.5·eps/steps``; RiFT's reference: 2/225).
+        attack_runs: PGD runs with independent random starts; the robust metric is the lowest
+            accuracy among them (the RiFT paper reports the worst of 3).
         batch_size: images per forward pass and attack chunk.
         seed: seeds the corrupted copies and the PGD random starts.
     """
@@ -122,6 +125,8 @@ class AlphaSettings:
     batch_size: int = 256
     seed: int = 0
     copy: Literal["full", "cycled"] = "full"
+    attack_step_size: float | None = None
+    attack_runs: int = 1
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -136,6 +141,9 @@ class AlphaSettings:
         put("severity", severity_range(self.severity))
         put("attack_eps", parse_eps(self.attack_eps))
         check_int("attack_steps", self.attack_steps, 0)
+        check_int("attack_runs", self.attack_runs, 1)
+        if self.attack_step_size is not None:
+            put("attack_step_size", parse_eps(self.attack_step_size))
         check_int("batch_size", self.batch_size, 1)
         _check_drop("max_clean_drop", self.max_clean_drop)
         _check_drop("max_robust_drop", self.max_robust_drop)
@@ -150,6 +158,7 @@ class AlphaSettings:
             model, split, corruptions=self.corruptions, severity=self.severity,
             attack_eps=self.attack_eps, attack_steps=self.attack_steps,
             batch_size=self.batch_size, seed=self.seed, copy=self.copy,
+            attack_step_size=self.attack_step_size, attack_runs=self.attack_runs,
         )  # fmt: skip
 
     def rule(self) -> dict[str, Any]:

@@ -12,12 +12,16 @@ size ``lr`` per batch, ``passes`` passes over the set, the perturbation projecte
 ball after each pass and the loss of the whole set measured there; MRC is the largest loss seen
 minus the unperturbed loss (so ≥ 0). The model stays in eval mode throughout.
 
-Where rws's recipe departs from the reference code: the adversarial set comes from the
-*training* split (the reference uses the test split; rws keeps the test split out of every
-choice), the ascent runs over fixed-order batches of ``batch_size`` (128; the reference shuffles
-batches of 512, and batch size alone roughly doubles MRC values and can reorder mid-ranked
-modules), and the PGD examples use rws's PGD (step ``2.5·eps/steps``). The values are therefore
-not the reference's numbers; only the computation below is checked against a plain one.
+Two recipes (:data:`rws.recipes.rift.RIFT_RECIPES`). rws's own (the default ``MrcSettings()``)
+departs from the reference code in three ways: the adversarial set comes from the *training* split
+(the reference uses the test split; rws keeps the test split out of every choice), the ascent runs
+over fixed-order batches of 128 (the reference shuffles batches of 512; batch size alone roughly
+doubles MRC values and can reorder mid-ranked modules), and the PGD examples use rws's PGD step
+``2.5·eps/steps`` (the reference: torchattacks PGD with step 2/225). The reference recipe
+(``split="test", shuffle=True, batch_size=512, attack_step_size=2/225``) follows the code in all
+three; the shuffled order is seeded (the same for every module), the reference's is not. What
+remains different: the reference starts the running maximum at a loss of 0, rws at the unperturbed
+loss (so rws's MRC is ≥ 0; the reference's can be negative only if no pass raises the loss).
 
 The computation is faster than a deep copy of the model per module and gives identical values
 (``benchmarks/bench_rift.py`` checks it): the adversarial set is built once for all modules, the
@@ -31,7 +35,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +49,7 @@ from rws.runtime.checks import check_float, check_int
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.progress import progress_bar
-from rws.runtime.seed import generator
+from rws.runtime.seed import derived_seed, generator
 from rws.training.freeze import grad_only
 
 __all__ = [
@@ -74,7 +78,11 @@ class MrcSettings:
         attack_step_size: PGD step, or None for the rule above.
         n_examples: examples from the start of the split (None: all).
         batch_size: examples per ascent step and per forward pass.
-        seed: seeds the PGD random starts.
+        seed: seeds the PGD random starts (and the batch order with ``shuffle``).
+        split: the dataset split the adversarial set is made from, ``"train"`` (rws) or
+            ``"test"`` (the reference); used when :func:`mrc` gets a whole dataset.
+        shuffle: a new seeded batch order on every ascent pass (the reference's DataLoader
+            shuffles); False: fixed order.
     """
 
     eps_ratio: float = 0.1
@@ -86,6 +94,8 @@ class MrcSettings:
     n_examples: int | None = None
     batch_size: int = 128
     seed: int = 0
+    split: Literal["train", "test"] = "train"
+    shuffle: bool = False
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -100,6 +110,10 @@ class MrcSettings:
             check_int("n_examples", self.n_examples, 1)
         if self.attack_step_size is not None:
             put("attack_step_size", check_float("attack_step_size", self.attack_step_size, 0.0))
+        if self.split not in ("train", "test"):
+            raise UsageError(f"MRC split must be 'train' or 'test', not {self.split!r}")
+        if not isinstance(self.shuffle, bool):
+            raise UsageError(f"shuffle must be true or false, got {self.shuffle!r}")
 
 
 @dataclass(frozen=True)
@@ -183,13 +197,15 @@ def layers_of(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def _as_split(data: ImageDataset | Split | tuple[torch.Tensor, torch.Tensor] | str) -> Split:
+def _as_split(
+    data: ImageDataset | Split | tuple[torch.Tensor, torch.Tensor] | str, split: str = "train"
+) -> Split:
     if isinstance(data, str):
         from rws.data import load_dataset
 
         data = load_dataset(data)
     if isinstance(data, ImageDataset):
-        return data.train
+        return data.test if split == "test" else data.train
     if isinstance(data, Split):
         return data
     x, y = data
@@ -237,11 +253,14 @@ def module_mrc(
     radius = settings.eps_ratio * float(w0.double().norm())
     bs = settings.batch_size
     best_loss, best_acc = base
+    order = generator(derived_seed(settings.seed, "mrc-order")) if settings.shuffle else None
     try:
         with grad_only(model, lambda _, p: p is weight):
             for _ in range(settings.passes):
+                perm = None if order is None else torch.randperm(len(y), generator=order)
                 for a in range(0, len(y), bs):
-                    loss = F.cross_entropy(model(x[a : a + bs]), y[a : a + bs])
+                    idx = slice(a, a + bs) if perm is None else perm[a : a + bs].to(y.device)
+                    loss = F.cross_entropy(model(x[idx]), y[idx])
                     (grad,) = torch.autograd.grad(loss, weight)
                     with torch.no_grad():
                         weight.add_(grad, alpha=settings.lr)
@@ -273,8 +292,8 @@ def mrc(
     Args:
         model: the (adversarially trained) classifier; inputs in [0, 1], normalisation inside.
             Its weights are restored bit for bit; it is left in eval mode.
-        data: a dataset (its training split is used; the reference uses the test split), a split, ``(x, y)``
-            or a dataset spec such as ``"digits"``.
+        data: a dataset (the split ``settings.split`` names is used: training by default, test
+            in the reference recipe), a split, ``(x, y)`` or a dataset spec such as ``"digits"``.
         modules: the modules to measure (default: every conv/linear, in definition order).
         settings: the recipe (:class:`MrcSettings`).
         device: ``auto``, ``cpu`` or ``cuda[:n]``.
@@ -308,7 +327,7 @@ def mrc(
     params = dict(model.named_parameters())
     with on_device(model, dev), eval_mode(model):
         start = time.perf_counter()
-        x, y = adversarial_set(model, _as_split(data), settings, dev)
+        x, y = adversarial_set(model, _as_split(data, settings.split), settings, dev)
         attack_seconds = time.perf_counter() - start
         base = _loss_acc(model, x, y, settings.batch_size)
         out = []

@@ -1,20 +1,37 @@
 """RiFT (Zhu et al., ICCV 2023): Robust Critical Fine-Tuning of an adversarially trained model.
 
-1. MRC of every conv/linear module (:mod:`rws.recipes.criticality`) on PGD examples of the training split.
+1. MRC of every conv/linear module (:mod:`rws.recipes.criticality`) on PGD examples.
 2. Fine-tune only the least critical module on clean training data: SGD, momentum 0.9, lr 1e-3,
    weight decay 5e-4, 10 epochs, lr ×0.1 at half, keeping the epoch with the best clean validation
-   accuracy (the reference's optimiser and schedule). Departures from the reference code: rws
-   trains the module's weight, its bias and the following BatchNorm (the reference: the weight
-   only); every other module stays in eval mode, so the change is confined to that one layer (the
-   reference runs the whole model in train mode, so every BatchNorm re-estimates its statistics on
-   clean data); rws uses no augmentation (the reference: random crop and flip).
+   accuracy (the reference's optimiser and schedule; the reference keeps the best *test* epoch).
 3. Measure ``W + α·(W_ft − W)`` for α = 0, 0.1, …, 1 on the validation split (:mod:`rws.recipes.alpha`)
    and keep the α with the best clean accuracy whose PGD accuracy is at most ``max_robust_drop``
-   (0.1 point) below the AT model's, PGD run once; the reference picks by hand on the test set
-   and the paper reports the worst of 3 PGD runs.
+   (0.1 point) below the AT model's (the reference picks by hand on the test set).
 
-The patch (kind ``rift``, registered here) stores the exact ``W_ft − W`` of that layer (extracted
-with the ``delta`` method) with ``scale = α`` and, in its provenance (``method: rift``), the
+Two recipes (:data:`RIFT_RECIPES`, ``recipe=``, ``--recipe``) switch every choice where rws's own
+departs from the reference code together:
+
+============================  ===============================  ==================================
+choice                        ``rws`` (default)                ``reference``
+============================  ===============================  ==================================
+MRC adversarial set           training split                   test split
+MRC ascent batches            fixed order, 128                 shuffled (seeded) each pass, 512
+MRC / α-search PGD step       ``2.5·eps/steps`` (2/255)        2/225 (the code's torchattacks step)
+tensors trained               the module's weight, bias and    the module's weight only
+                              its BatchNorm
+other modules                 eval mode (BN statistics kept)   train mode: every BatchNorm
+                                                               re-estimates its statistics
+augmentation                  none                             random crop (4, reflect) and flip
+patch                         the layer's tensors              the weight and every BatchNorm
+                                                               statistic the fine-tuning changed
+α-search robust accuracy      one PGD run                      worst of 3 runs (the paper's)
+============================  ===============================  ==================================
+
+Neither recipe selects on the test set (the reference's fine-tuning keeps the best test epoch and
+its α is chosen by hand on test accuracies; both recipes use the validation split).
+
+The patch (kind ``rift``, registered here) stores the exact ``W_ft − W`` (extracted with the
+``delta`` method) with ``scale = α`` and, in its provenance (``method: rift``), the recipe, the
 module, the MRC table, the α curve, the attack and the fine-tuning history.
 With ``work_dir`` every step is kept on disk and a rerun continues where it stopped.
 """
@@ -29,11 +46,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from rws.data import load_dataset
 from rws.data.types import ImageDataset
-from rws.errors import UsageError
+from rws.errors import UnknownNameError, UsageError
 from rws.io.atomic import write_atomic
 from rws.io.checkpoint import describe_source
 from rws.io.hashing import state_sha256
@@ -65,6 +83,62 @@ def rift_train_config(**overrides: Any) -> TrainConfig:
         "optimizer": "sgd", "schedule": "step", "milestones": (0.5,), "keep_best": True,
     }  # fmt: skip
     return TrainConfig(**{**base, **overrides})
+
+
+@dataclass(frozen=True)
+class RiftRecipe:
+    """One RiFT recipe: every choice the ``rws`` and ``reference`` recipes make differently.
+
+    Attributes:
+        name: ``"rws"`` or ``"reference"``.
+        mrc: the MRC settings (split, batch order and size, PGD step).
+        train: :class:`TrainConfig` overrides on top of :func:`rift_train_config` (augmentation,
+            mode of the frozen modules).
+        trains: ``"layer"`` (the module's weight, bias and following norm layer) or ``"weight"``.
+        patch: ``"layer"`` (the layer's tensors) or ``"changed"`` (every floating-point tensor the
+            fine-tuning changed: the reference interpolates the whole state dict).
+        attack_step_size: PGD step of the α search (None: rws's rule).
+        attack_runs: PGD runs of the α search; robust accuracy is the worst.
+    """
+
+    name: str
+    mrc: MrcSettings
+    train: Mapping[str, Any]
+    trains: str
+    patch: str
+    attack_step_size: float | None
+    attack_runs: int
+
+
+_REF_STEP = 2 / 225  # the reference code's torchattacks.PGD(alpha=2/225): a typo for 2/255, kept
+
+RIFT_RECIPES: dict[str, RiftRecipe] = {
+    "rws": RiftRecipe("rws", MrcSettings(), {}, "layer", "layer", None, 1),
+    "reference": RiftRecipe(
+        "reference",
+        MrcSettings(split="test", shuffle=True, batch_size=512, attack_step_size=_REF_STEP),
+        {"crop_padding": 4, "crop_fill": "reflect", "flip": True, "frozen_mode": "train"},
+        "weight", "changed", _REF_STEP, 3,
+    ),
+}  # fmt: skip
+
+
+def rift_recipe(name: str) -> RiftRecipe:
+    """The recipe called ``name`` (``rws`` or ``reference``).
+
+    Raises:
+        UnknownNameError: another name.
+    """
+    if name not in RIFT_RECIPES:
+        raise UnknownNameError("RiFT recipe", str(name), list(RIFT_RECIPES))
+    return RIFT_RECIPES[name]
+
+
+def _changed(model: nn.Module, tuned: nn.Module) -> list[str]:
+    """Floating-point state tensors whose values the fine-tuning changed, in state order."""
+    a, b = model.state_dict(), tuned.state_dict()
+    return [k for k, t in a.items()
+            if t.is_floating_point() and not torch.equal(t, b[k].to(t.device))]  # fmt: skip
 
 
 @dataclass
@@ -106,6 +180,7 @@ def rift(
     model: nn.Module,
     data: ImageDataset | str,
     *,
+    recipe: str = "rws",
     module: str | None = None,
     mrc_settings: MrcSettings | None = None,
     train_config: TrainConfig | None = None,
@@ -125,10 +200,14 @@ def rift(
         model: the AT model (left unchanged; the fine-tuning runs on a copy).
         data: the dataset (training split for MRC and fine-tuning, validation split for α) or a
             spec such as ``"digits"``.
+        recipe: ``"rws"`` or ``"reference"`` (:data:`RIFT_RECIPES`; the module doc's table); it
+            supplies every setting not given below, and decides which tensors train and which
+            the patch holds.
         module: fine-tune this module instead of the least critical one (MRC is still measured).
-        mrc_settings, train_config, alpha_settings: the three steps' recipes (reference defaults:
-            :class:`~rws.recipes.criticality.MrcSettings`, :func:`rift_train_config`, and an α grid
-            0…1 with the clean criterion, ``max_robust_drop=0.1`` (points) and the MRC attack's ε).
+        mrc_settings, train_config, alpha_settings: override the recipe's settings of the three
+            steps (defaults: the recipe's MRC settings, :func:`rift_train_config` with the
+            recipe's overrides, and an α grid 0…1 with the clean criterion,
+            ``max_robust_drop=0.1`` (points) and the MRC attack's ε and steps).
         codec: how the delta is stored (``fp32`` keeps it exact).
         work_dir: keep ``mrc.json`` and the fine-tuning checkpoints here; a rerun resumes.
         device: ``auto``, ``cpu`` or ``cuda[:n]``.
@@ -146,8 +225,9 @@ def rift(
         >>> res = rws.rift(at_model, "digits", work_dir="rift-run")  # doctest: +SKIP
         >>> res.patch.save("rift.safetensors")  # doctest: +SKIP
     """
+    rec = rift_recipe(recipe)
     dataset = load_dataset(data) if isinstance(data, str) else data
-    ms = mrc_settings or MrcSettings()
+    ms = mrc_settings or rec.mrc
     work = Path(work_dir) if work_dir is not None else None
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
@@ -158,28 +238,38 @@ def rift(
         )
     crit = _mrc_cached(model, dataset, ms, work, device, progress)
     chosen = module or crit.least_critical.module
-    cfg = train_config or rift_train_config()
-    cfg = TrainConfig.from_dict({**cfg.to_dict(), "trainable": list(trainable_modules(layers[chosen])),
-                                 "device": device, "keep_best": True})  # fmt: skip
+    cfg = train_config or rift_train_config(**rec.train)
+    trainable = (
+        [f"{chosen}.weight"] if rec.trains == "weight" else trainable_modules(layers[chosen])
+    )
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "trainable": list(trainable), "device": device,
+                                 "keep_best": True})  # fmt: skip
     tuned = copy.deepcopy(model)
     ckdir = work / FINETUNE_DIR if work is not None else None
     res = finetune(tuned, dataset, cfg, checkpoint_dir=ckdir, progress=progress)
-    delta = extract(model, tuned, method="delta", codec=codec, include=list(layers[chosen]))
-    a_settings = alpha_settings or AlphaSettings(attack_eps=ms.attack_eps, copy="cycled",
-                                                 attack_steps=ms.attack_steps, seed=ms.seed)  # fmt: skip
+    include = _changed(model, tuned) if rec.patch == "changed" else list(layers[chosen])
+    delta = extract(model, tuned, method="delta", codec=codec, include=include)
+    a_settings = alpha_settings or AlphaSettings(
+        attack_eps=ms.attack_eps, attack_steps=ms.attack_steps, seed=ms.seed, copy="cycled",
+        attack_step_size=rec.attack_step_size, attack_runs=rec.attack_runs,
+    )  # fmt: skip
     with on_device(model, device):
         curve = alpha_curve(model, delta, dataset.val, a_settings, progress=progress)
+    attack_info = {"method": "pgd", "norm": "linf", "eps": a_settings.attack_eps,
+                   "steps": a_settings.attack_steps, "step_size": a_settings.attack_step_size,
+                   "runs": a_settings.attack_runs}  # fmt: skip
     history = [h.to_dict() for h in res.history]
     for h in history:
         h.pop("seconds", None)
     prov = {
         **delta.provenance,
         "method": "rift",
+        "recipe": rec.name,
         "module": chosen,
         "mrc": {m.module: m.mrc for m in crit.modules},
         "mrc_table": [{k: v for k, v in asdict(m).items() if k != "tensors"} for m in crit.modules],
         "mrc_settings": asdict(ms),
-        "attack": {"method": "pgd", "norm": "linf", "eps": ms.attack_eps, "steps": ms.attack_steps},
+        "attack": attack_info,
         "alpha": curve.chosen.alpha,
         "alpha_curve": curve.to_dict(),
         "finetune": {"config": cfg.to_dict(), "best_epoch": res.best_epoch, "history": history},
@@ -192,4 +282,4 @@ def rift(
     return RiftResult(patch, crit, chosen, curve, history, tuned)
 
 
-__all__ = ["RiftResult", "rift", "rift_train_config"]
+__all__ = ["RIFT_RECIPES", "RiftRecipe", "RiftResult", "rift", "rift_recipe", "rift_train_config"]

@@ -27,7 +27,7 @@ from rws.patching.ops import PatchArg, patched
 from rws.robustness.attacks import attack
 from rws.robustness.inputs import corrupted_inputs
 from rws.runtime.device import model_device
-from rws.runtime.seed import generator
+from rws.runtime.seed import derived_seed, generator
 from rws.training.metrics import accuracy
 
 MIN_EXAMPLES = 50
@@ -109,7 +109,8 @@ class Probe:
     cell with the same seed and batch size: ``copy="full"`` puts every example in every severity of
     each corruption (the corrupted metric is the mean over corruptions); ``"cycled"`` puts example
     ``j`` in the ``j``-th cell only (one image per example: cheaper over many corruptions). The PGD
-    random starts are fixed, so every patched model meets the same attack.
+    random starts are fixed, so every patched model meets the same attack; with ``attack_runs``
+    > 1 the robust accuracy is the lowest of that many runs (run 0 is the single run's start).
     """
 
     def __init__(
@@ -124,11 +125,14 @@ class Probe:
         batch_size: int = 256,
         seed: int = 0,
         copy: Literal["full", "cycled"] = "full",
+        attack_step_size: float | None = None,
+        attack_runs: int = 1,
     ) -> None:
         if copy not in ("full", "cycled"):
             raise UsageError(f"corrupted copy must be 'full' or 'cycled', got {copy!r}")
         self.model, self.batch_size, self.seed = model, batch_size, seed
         self.attack_eps, self.attack_steps = attack_eps, attack_steps
+        self.attack_step_size, self.attack_runs = attack_step_size, attack_runs
         self.device = model_device(model)
         self.n = len(split)
         self.fingerprint = fingerprint(split)
@@ -184,9 +188,12 @@ class Probe:
             clean = accuracy(m, self.x, self.y, bs, dev)
             per = tuple(accuracy(m, xc, self.y_corrupted, bs, dev) for xc in self.corrupted)
             robust = math.nan
-            if self.attack_steps:
+            for run in range(self.attack_runs if self.attack_steps else 0):
+                seed = self.seed if run == 0 else derived_seed(self.seed, "pgd-run", run)
                 xa = attack(m, self.x, self.y, "pgd", eps=self.attack_eps, steps=self.attack_steps,
-                            generator=generator(self.seed), batch_size=bs)  # fmt: skip
-                robust = accuracy(m, xa, self.y, bs, dev)
+                            step_size=self.attack_step_size, generator=generator(seed),
+                            batch_size=bs)  # fmt: skip
+                acc = accuracy(m, xa, self.y, bs, dev)
+                robust = acc if run == 0 else min(robust, acc)
         corrupted = sum(per) / len(per) if per else math.nan
         return Measurement(clean, corrupted, robust, per)

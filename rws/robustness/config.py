@@ -19,7 +19,7 @@ from rws.runtime.device import DEVICE_PATTERN
 
 __all__ = ["EvalConfig"]
 
-_FLAGS = ("amp", "check_masking", "strict", "force", "clamp_var")
+_FLAGS = ("amp", "check_masking", "checks", "strict", "force", "clamp_var")
 _PARAMS = ("auto", *TABLES)
 
 
@@ -51,11 +51,17 @@ class EvalConfig:
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
         amp: autocast (bf16/fp16) for clean and corruption forwards on CUDA; attacks stay fp32.
         seed: root of every seed (corruptions, attacks, masking checks, bootstrap intervals).
-        params: the corruption severity table (``"auto"`` picks by image size).
+        params: the corruption severity table: ``"cifar"``, ``"imagenet"``, ``"imagecorruptions"``
+            (the package most detection/segmentation -C sets were made with) or ``"auto"``
+            (CIFAR up to 64 pixels a side, else ImageNet); reports record the one that ran.
         corruption_source: a folder of released CIFAR-10-C-style arrays to use instead of the
             kernels (a dataset spec ``"cifar10c:DIR"`` sets it too).
         check_masking: run the gradient-masking checks on each variant when attacking.
         masking_examples: examples used by those checks.
+        checks: also run the convergence checks on those examples
+            (:func:`rws.robustness.attacks.checks.convergence_checks`: the first attack with 4×
+            its steps, at ε, 2ε and 4ε, and with a second seed); their numbers go to
+            ``settings["checks"]``, their flags to the warnings (``strict`` refuses on them).
         strict: raise ``EvaluationError`` when a check warns.
         force: apply patches whose base fingerprints differ from the model's.
         clamp_var: clamp BatchNorm running variances a patch drives below 0 (else refused).
@@ -83,10 +89,11 @@ class EvalConfig:
     device: str = "auto"
     amp: bool = False
     seed: int = 0
-    params: Literal["auto", "cifar", "imagenet"] = "auto"
+    params: Literal["auto", "cifar", "imagenet", "imagecorruptions"] = "auto"
     corruption_source: str | None = None
     check_masking: bool = True
     masking_examples: int = 128
+    checks: bool = False
     strict: bool = False
     force: bool = False
     clamp_var: bool = False
@@ -107,6 +114,8 @@ class EvalConfig:
         check_positive("steps", self.steps, optional=True)
         check_positive("n_examples", self.n_examples, optional=True)
         check_positive("masking_examples", self.masking_examples)
+        if self.checks is True and not (self.attack and self.check_masking):
+            raise UsageError("checks measure the attack: give an attack and keep check_masking")
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
@@ -114,7 +123,10 @@ class EvalConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise UsageError(f"seed must be an integer, got {self.seed!r}")
         if self.params not in _PARAMS:
-            raise UsageError(f"params must be 'cifar', 'imagenet' or 'auto', not {self.params!r}")
+            raise UsageError(
+                f"params must be 'cifar', 'imagenet', 'imagecorruptions' or 'auto', "
+                f"not {self.params!r}"
+            )
         if self.corruption_source is not None:
             put("corruption_source", os.fspath(self.corruption_source))
         for flag in _FLAGS:

@@ -34,8 +34,9 @@ from rws.patching.patch import Patch
 from rws.robustness import distributed as dist
 from rws.robustness.attacks import ATTACKS, check_gradient_masking
 from rws.robustness.attacks import attack as run_attack
+from rws.robustness.attacks.checks import convergence_checks
 from rws.robustness.config import EvalConfig
-from rws.robustness.corruptions import kernel_fidelity
+from rws.robustness.corruptions import kernel_fidelity, resolve_table, table_label
 from rws.robustness.inputs import EvalInputs
 from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
@@ -107,14 +108,23 @@ def _run_variant(
     return {k: torch.cat(v) for k, v in res.items()}, seen
 
 
-def _masking(model: nn.Module, inp: EvalInputs, cfg: EvalConfig, dev: torch.device) -> list[str]:
-    warnings: list[str] = []
+def _masking(
+    model: nn.Module, inp: EvalInputs, cfg: EvalConfig, dev: torch.device
+) -> tuple[list[str], dict[str, Any]]:
+    """Gradient-masking warnings, and the convergence checks' numbers when ``cfg.checks``."""
+    found: tuple[list[str], dict[str, Any]] = ([], {})
     if dist.is_main():
         k = min(cfg.masking_examples, inp.x.shape[0])
         x, y = inp.x[:k].to(dev), inp.y[:k].to(dev)
         g = generator(derived_seed(cfg.seed, "masking"))
-        warnings = check_gradient_masking(model, x, y, norm=cfg.norm, generator=g)
-    return dist.broadcast(warnings)
+        found = (check_gradient_masking(model, x, y, norm=cfg.norm, large_eps=not cfg.checks,
+                                        generator=g), {})  # fmt: skip
+        if cfg.checks:  # the large-ε PGD runs here instead, with the same generator
+            more, section = convergence_checks(model, x, y, cfg.attack[0], eps=cfg.eps,
+                                               steps=cfg.steps, norm=cfg.norm, seed=cfg.seed,
+                                               generator=g)  # fmt: skip
+            found = (found[0] + more, section)
+    return dist.broadcast(found)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -247,6 +257,7 @@ def evaluate(
     if cfg.n_examples is not None and cfg.n_examples > total:
         logger.warning("n_examples=%d but the test split has %d; using all", cfg.n_examples, total)
     n = total if cfg.n_examples is None else min(cfg.n_examples, total)
+    table = resolve_table(cfg.params, *split.x.shape[-2:])  # the severity table that runs
     dev = resolve_device(cfg.device)
     if cfg.amp and dev.type != "cuda":
         logger.info("amp is only used on CUDA; evaluating in fp32")
@@ -275,6 +286,7 @@ def evaluate(
         variants: list[Variant] = []
         seen_sha: dict[str, str] = {}
         warnings: list[str] = []
+        checks: dict[str, Any] = {}
         plan: list[tuple[str, list[dict[str, Any]], PatchArg | None]] = [("base", [], None)]
         plan += [(nm, [info], p) for (nm, info), p in zip(items, patches, strict=True)]
         used: set[str] = set()
@@ -289,10 +301,13 @@ def evaluate(
             )
             with ctx, progress_bar(f"evaluating {name}", steps, enabled=show) as advance:
                 local, seen = _run_variant(model, inp, cfg, dev, advance)
-                found = _masking(model, inp, cfg, dev) if cfg.attack and cfg.check_masking else []
+                masking = cfg.attack and cfg.check_masking
+                found, checked = _masking(model, inp, cfg, dev) if masking else ([], {})
             res, seen = dist.gather_results(local, seen)
             seen_sha[name] = dist.combined_digest(seen, keys, len(inp.batches))
             warnings += [f"{name}: {w}" for w in found]
+            if checked:
+                checks[name] = checked
             if cfg.strict and found:
                 more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
                 raise EvaluationError(
@@ -308,8 +323,9 @@ def evaluate(
     facts = {
         "data": data_name, "n_examples": n, "test_examples": total,
         "corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
-        "params": cfg.params, "corruption_source": source or "rws kernels",
-        "kernels": {} if source else {c: kernel_fidelity(c) for c in cfg.corruptions},
+        "params": cfg.params, "table": None if source else table_label(table),
+        "corruption_source": source or "rws kernels",
+        "kernels": {} if source else {c: kernel_fidelity(c, table) for c in cfg.corruptions},
         "attack": list(cfg.attack), "eps": cfg.eps, "norm": cfg.norm, "batch_size": cfg.batch_size,
         "steps": {a: cfg.steps or ATTACKS.entry(a).info.get("steps") for a in cfg.attack},
         "device": dev.type, "amp": cfg.amp, "seed": cfg.seed, "baseline": base_info,
@@ -318,5 +334,7 @@ def evaluate(
         "torch_version": torch.__version__, "config": cfg.to_dict(),
         "timing": {"elapsed_s": elapsed, "forward_images_per_s": images / max(elapsed, 1e-9)},
     }  # fmt: skip
+    if checks:
+        facts["checks"] = checks  # rws eval --checks: convergence checks per variant
     logger.info("evaluated %d variants on %d examples in %.1f s", len(variants), n, elapsed)
     return Report(variants, json.loads(json.dumps(facts)))  # as it reads back from JSON

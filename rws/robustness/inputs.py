@@ -36,7 +36,7 @@ from rws.robustness.corruptions import corrupt, get_corruption
 from rws.runtime.checks import check_positive
 from rws.runtime.seed import derived_seed, generator
 
-Params = Literal["auto", "cifar", "imagenet"]
+Params = Literal["auto", "cifar", "imagenet", "imagecorruptions"]
 Cell = tuple[str, int]
 
 __all__ = [

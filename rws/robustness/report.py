@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rws.io.atomic import write_atomic
+from rws.robustness.attacks.checks import check_cells
 from rws.robustness.config import EvalConfig
 from rws.robustness.variant import Variant
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["variant", "metric", "value", "delta", "test", "p_value", "p_holm", "ci95_lo", "ci95_hi",
-           "kernel"]  # fmt: skip
+           "kernel", "table"]  # fmt: skip
 
 
 @dataclass
@@ -55,8 +56,13 @@ class Report:
         variants: the unpatched model first, then one entry per patch variant.
         settings: how the run was made: the :class:`EvalConfig` asked for (``config``, see
             :attr:`config`) and what it resolved to: data, corruptions, severities, attack, ε,
-            steps, seed, device, the sha256 of the cached inputs (``inputs_sha256``) and of the
-            inputs each variant was fed (``inputs_seen_sha256``), warnings, versions.
+            steps, seed, device, the severity table that ran (``table``, e.g.
+            ``"imagenet (make_imagenet_c.py)"``; None for corruptions read from files and older
+            reports), the sha256 of the cached inputs (``inputs_sha256``) and of the inputs each
+            variant was fed (``inputs_seen_sha256``), warnings, versions; with
+            ``EvalConfig.checks`` (``rws eval --checks``) ``checks``: variant name → the measured
+            convergence checks (:func:`rws.robustness.attacks.checks.convergence_checks`; absent
+            in other reports).
     """
 
     variants: list[Variant]
@@ -111,9 +117,11 @@ class Report:
         ``p_holm`` and ``ci95_lo/hi`` are None where the report has none (the base, mCE, older
         reports). ``kernel`` (corruption rows): ``reference`` or ``approximate``
         (:func:`rws.robustness.corruptions.kernel_fidelity`), None for other rows, for corruptions
-        read from files and for older reports.
+        read from files and for older reports; ``table`` (corruption rows): the severity table that
+        ran (``settings["table"]``), None likewise.
         """
         kernels = self.settings.get("kernels") or {}
+        ran = self.settings.get("table")
         out: list[dict[str, Any]] = []
         for v in self.variants:
             vs = v.vs_base or {}
@@ -124,12 +132,14 @@ class Report:
                 cmp = cmp or {}
                 ci = cmp.get("ci95") or [None, None]
                 parts = metric.split("/")
-                kernel = kernels.get(parts[1]) if parts[0] == "corruption" else None
+                corr = parts[0] == "corruption"
+                kernel = kernels.get(parts[1]) if corr else None
                 out.append(
                     {"variant": name, "metric": metric, "value": value,
                      "delta": cmp.get("delta"), "test": cmp.get("test"),
                      "p_value": cmp.get("p_value"), "p_holm": cmp.get("p_holm"),
-                     "ci95_lo": ci[0], "ci95_hi": ci[1], "kernel": kernel}
+                     "ci95_lo": ci[0], "ci95_hi": ci[1], "kernel": kernel,
+                     "table": ran if corr else None}
                 )  # fmt: skip
 
             row("clean", v.clean, vs.get("clean"))
@@ -199,7 +209,10 @@ def _report_table(report: Report) -> Any:
     from rich.table import Table
 
     title = "robustness before / after patching (accuracy; Δ vs base; p: Holm-adjusted McNemar per"
-    table = Table(title=f"{title} cell, Wilcoxon over images for pooled rows)")
+    title += " cell, Wilcoxon over images for pooled rows)"
+    if report.settings.get("table"):
+        title += f"; corruption table {report.settings['table']}"
+    table = Table(title=title)
     table.add_column("metric")
     for i, v in enumerate(report.variants):
         table.add_column(v.name, justify="right")
@@ -238,4 +251,8 @@ def _report_table(report: Report) -> Any:
             [_pct(v.robust[a]) for v in report.variants],
             [_change(d.get("robust", {}).get(a)) for d in vs],
         )
+    checks = report.settings.get("checks") or {}  # rws eval --checks
+    cells = [check_cells(checks.get(v.name, {})) for v in report.variants]
+    for label in dict.fromkeys(k for c in cells for k in c):
+        add(label, [c.get(label, "") for c in cells], [""] * len(cells))
     return table

@@ -31,6 +31,9 @@ _LATER = (
     "trainable",
     "keep_best",
     "crop_padding",
+    "crop_fill",
+    "flip",
+    "frozen_mode",
 )
 
 __all__ = ["EpochStats", "TrainConfig", "TrainResult"]
@@ -61,15 +64,22 @@ class TrainConfig:
             model in eval mode, and ``val_acc`` is PGD accuracy on the validation split.
         eps, attack_steps, attack_step_size: the attack's radius, iterations and step
             (``None``: ``2.5·eps/attack_steps``, 2/255 for 8/255 and 10 steps).
-        trainable: module names (as in ``named_modules()``) to train; every other parameter is
-            frozen and every other module kept in eval mode (BatchNorm statistics included).
-            Empty trains the whole model.
+        trainable: module names (as in ``named_modules()``) or parameter names (e.g.
+            ``"conv2.weight"``) to train; every other parameter is frozen and, with
+            ``frozen_mode="eval"``, every other module kept in eval mode (BatchNorm statistics
+            included). Empty trains the whole model.
         keep_best: return (and checkpoint) the weights of the epoch with the best ``val_acc``
             instead of the last epoch's.
         crop_padding: the reference recipes' random crop: each training image (after its
             corruption, as the reference crops CIFAR-10-C images) zero-padded by this many pixels
             and cropped back at a random offset; 0 (the default) is no augmentation. No flips
             (:mod:`rws.training.augment` says why).
+        crop_fill: the crop's padding, ``"zero"`` or ``"reflect"`` (the RiFT reference's).
+        flip: mirror each training image left-right with probability 0.5 (the reference recipes'
+            flip; off by default, wrong for digits).
+        frozen_mode: the mode of the modules outside ``trainable``: ``"eval"`` (rws's: the change
+            stays in the trained modules) or ``"train"`` (the RiFT reference's: the whole model
+            runs in train mode, so every BatchNorm re-estimates its running statistics).
         extra: unknown keys met by :meth:`from_dict`, kept and written back by :meth:`to_dict`.
     """
 
@@ -92,6 +102,9 @@ class TrainConfig:
     trainable: tuple[str, ...] = ()
     keep_best: bool = False
     crop_padding: int = 0
+    crop_fill: Literal["zero", "reflect"] = "zero"
+    flip: bool = False
+    frozen_mode: Literal["eval", "train"] = "eval"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +142,12 @@ class TrainConfig:
         if not isinstance(self.keep_best, bool):
             raise UsageError(f"keep_best must be true or false, got {self.keep_best!r}")
         check_int("crop_padding", self.crop_padding, 0)
+        if self.crop_fill not in ("zero", "reflect"):
+            raise UsageError(f"crop_fill must be 'zero' or 'reflect', not {self.crop_fill!r}")
+        if not isinstance(self.flip, bool):
+            raise UsageError(f"flip must be true or false, got {self.flip!r}")
+        if self.frozen_mode not in ("eval", "train"):
+            raise UsageError(f"frozen_mode must be 'eval' or 'train', not {self.frozen_mode!r}")
         put("extra", dict(self.extra))
 
     @property

@@ -30,7 +30,7 @@ from rws.robustness.inputs import corrupted_inputs, random_corruption
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.progress import progress_bar
 from rws.runtime.seed import forked_rng, generator
-from rws.training.augment import random_crop
+from rws.training.augment import random_crop, random_flip
 from rws.training.config import EpochStats, TrainConfig, TrainResult
 from rws.training.freeze import frozen_except, train_mode
 from rws.training.metrics import accuracy, adversarial, robust_accuracy
@@ -67,7 +67,7 @@ def _train_epoch(
     model: nn.Module, split: Split, c: TrainConfig, opt: torch.optim.Optimizer,
     g: torch.Generator, dev: torch.device, advance: Callable[[], None],
 ) -> tuple[float, float]:  # fmt: skip
-    train_mode(model, c.trainable)
+    train_mode(model, c.trainable, others=c.frozen_mode)
     perm = torch.randperm(len(split), generator=g)
     seed = int(torch.randint(2**62, (1,), generator=g))
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -81,7 +81,9 @@ def _train_epoch(
             x, y = split.x[idx].to(dev), split.y[idx].to(dev)
             if c.corruptions:
                 x = random_corruption(x, c.corruptions, c.severity, g)
-            x = random_crop(x, c.crop_padding, g)
+            x = random_crop(x, c.crop_padding, g, fill=c.crop_fill)
+            if c.flip:
+                x = random_flip(x, g)
             if c.attack:
                 x = adversarial(model, x, y, c, g)
             logits = model(x)

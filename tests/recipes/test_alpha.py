@@ -75,3 +75,23 @@ def test_alpha_curve_measures_each_alpha_and_restores_the_model(
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return int((model(x).argmax(1) == y).sum()) / len(y)
+
+
+def test_probe_worst_of_several_pgd_runs(trained: Trained, digits: ImageDataset) -> None:
+    from rws.recipes.validation import Probe
+    from rws.runtime.seed import derived_seed
+
+    model = trained.clean.eval()
+    split = Split(digits.val.x[:96], digits.val.y[:96])
+    eps, step = 2 / 255, 2 / 225
+    runs = [Probe(model, split, attack_eps=eps, attack_steps=2, attack_step_size=step,
+                  attack_runs=k).measure().robust for k in (1, 3)]  # fmt: skip
+    accs = []
+    for seed in (0, derived_seed(0, "pgd-run", 1), derived_seed(0, "pgd-run", 2)):
+        g = torch.Generator().manual_seed(seed)
+        xa = rws.attack(model, split.x, split.y, "pgd", eps=eps, steps=2, step_size=step,
+                        generator=g, batch_size=256)  # fmt: skip
+        accs.append(_acc(model, xa, split.y))
+    assert runs == [accs[0], min(accs)]  # run 0 is the single run; the worst of 3 is reported
+    with pytest.raises(UsageError, match="attack_runs"):
+        AlphaSettings(attack_runs=0)

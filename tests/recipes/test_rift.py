@@ -17,7 +17,7 @@ from rws.errors import UsageError
 from rws.io.checkpoint import open_checkpoint
 from rws.recipes.alpha import AlphaSettings
 from rws.recipes.criticality import MrcSettings, layers_of
-from rws.recipes.rift import rift, rift_train_config
+from rws.recipes.rift import RIFT_RECIPES, rift, rift_train_config
 from rws.training import TrainConfig, finetune
 from rws.training.state import load_train_state
 from tests.conftest import Trained
@@ -151,3 +151,68 @@ def test_cli_advtrain_mrc_rift(at_files: Path) -> None:
                        "-o", f / "bad.safetensors")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "conv9" in err
     assert not (f / "bad.safetensors").exists()
+    code, out, err = run("mrc", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+                         "--passes", "1", "--steps", "2", "--n-examples", "96", "--recipe",
+                         "reference", "--json", f / "mrc-ref.json")  # fmt: skip
+    assert code == 0, err
+    ref = json.loads((f / "mrc-ref.json").read_text())["settings"]
+    assert (ref["split"], ref["shuffle"], ref["batch_size"]) == ("test", True, 512)
+    code, out, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+                         "--recipe", "reference", "--passes", "1", "--steps", "1",
+                         "--n-examples", "64", "--epochs", "1", "--corruptions", "none",
+                         "-o", f / "rift-ref.safetensors")  # fmt: skip
+    assert code == 0, err
+    assert "reference recipe" in out
+    p = rws.load(f / "rift-ref.safetensors")
+    assert p.provenance["recipe"] == "reference" and p.provenance["attack"]["runs"] == 3
+    assert any(n.endswith("running_var") and not n.startswith(p.provenance["module"])
+               for n in p.tensors)  # fmt: skip
+    code, _, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+                       "--recipe", "paper", "-o", f / "bad.safetensors")  # fmt: skip
+    assert code == 2 and "reference" in err and not (f / "bad.safetensors").exists()
+
+
+def test_reference_recipe_switches_every_choice(at: tuple, small: ImageDataset) -> None:
+    model, _ = at
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ms = MrcSettings(passes=2, attack_steps=3, n_examples=128, batch_size=64, split="test",
+                     shuffle=True, attack_step_size=2 / 225)  # fmt: skip
+    alpha = AlphaSettings(grid=(0.5, 1.0), attack_steps=3, max_robust_drop=2, copy="cycled",
+                          attack_runs=3, attack_step_size=2 / 225, refine=0)  # fmt: skip
+    cfg = rift_train_config(epochs=1, lr=0.01, **RIFT_RECIPES["reference"].train)
+    res = rift(model, small, recipe="reference", module="conv2", mrc_settings=ms,
+               train_config=cfg, alpha_settings=alpha, device="cpu")  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    tuned = res.tuned.state_dict()
+    changed = {
+        k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, tuned[k])
+    }
+    # the weight alone learns; every BatchNorm re-estimates its statistics in train mode
+    stats = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    assert changed == {"conv2.weight"} | stats, changed
+    p = res.patch
+    assert set(p.tensors) == changed and p.provenance["recipe"] == "reference"
+    assert p.provenance["attack"]["runs"] == 3
+    assert p.provenance["attack"]["step_size"] == pytest.approx(2 / 225)
+    assert p.provenance["finetune"]["config"]["frozen_mode"] == "train"
+    assert p.provenance["finetune"]["config"]["trainable"] == ["conv2.weight"]
+    # the patched model at its scale is the reference's interpolation of the whole state dict
+    patched = copy.deepcopy(model)
+    rws.apply(patched, p)
+    a = p.scale
+    for k, v in patched.state_dict().items():
+        if v.is_floating_point():
+            want = before[k] + a * (tuned[k] - before[k])
+            assert torch.allclose(v, want, atol=1e-6), k
+    with pytest.raises(rws.errors.UnknownNameError, match="RiFT recipe"):
+        rift(model, small, recipe="paper")
+
+
+def test_recipes_table() -> None:
+    rws_, ref = RIFT_RECIPES["rws"], RIFT_RECIPES["reference"]
+    assert rws_.mrc == MrcSettings() and rws_.train == {} and rws_.attack_runs == 1
+    assert (ref.mrc.split, ref.mrc.shuffle, ref.mrc.batch_size) == ("test", True, 512)
+    assert ref.mrc.attack_step_size == ref.attack_step_size == pytest.approx(2 / 225)
+    assert (ref.trains, ref.patch, ref.attack_runs) == ("weight", "changed", 3)
+    assert ref.train == {"crop_padding": 4, "crop_fill": "reflect", "flip": True,
+                         "frozen_mode": "train"}  # fmt: skip

@@ -198,10 +198,11 @@ def test_pma_loss_gradient_decomposes_into_two_cross_entropies(trained):
     torch.testing.assert_close(g_pm, expected, rtol=1e-4, atol=1e-7)
 
 
-def test_pma_schedule_restarts_cosine_at_half():
+def test_pma_schedule_restarts_cosine_after_half():  # pinned against the reference: test_pma.py
     sizes = pma.step_schedule(10, 2.0)
-    assert sizes[0] == sizes[5] == pytest.approx(2.0)
-    assert all(a > b for a, b in pairwise(sizes[:5]))
+    assert sizes[1] == sizes[6] == pytest.approx(2.0)
+    assert all(a > b for a, b in pairwise(sizes[1:6]))
+    assert pma.phase_loss(0, 0, 10) is pma.phase_loss(1, 0, 10) is pma.true_probability
     assert pma.phase_loss(0, 4, 10) is losses.neg_true_probability
     assert pma.phase_loss(1, 4, 10) is losses.max_other_probability
     assert pma.phase_loss(1, 5, 10) is losses.probability_margin

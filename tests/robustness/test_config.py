@@ -64,7 +64,11 @@ def test_round_trip_keeps_unknown_keys() -> None:
         ({"norm": "l1"}, UsageError, "unknown norm 'l1'; choose one of: linf, l2"),
         ({"device": "tpu"}, UsageError, "unknown device 'tpu'; choose cpu, cuda[:n] or auto"),
         ({"seed": 1.5}, UsageError, "seed must be an integer, got 1.5"),
-        ({"params": "mnist"}, UsageError, "params must be 'cifar', 'imagenet' or 'auto', not "),
+        (
+            {"params": "mnist"},
+            UsageError,
+            "params must be 'cifar', 'imagenet', 'imagecorruptions' or 'auto', not 'mnist'",
+        ),
         ({"amp": "yes"}, UsageError, "amp must be true or false, got 'yes'"),
         ({"strict": 1}, UsageError, "strict must be true or false, got 1"),
     ],

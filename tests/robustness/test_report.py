@@ -77,7 +77,7 @@ def test_csv_one_row_per_variant_and_metric(tmp_path) -> None:
     assert float(fog["mce"]["delta"]) == -0.2 and fog["mce"]["p_value"] == ""
     assert rows[0]["delta"] == ""  # the base has no comparison
     assert list(rows[0]) == ["variant", "metric", "value", "delta", "test", "p_value", "p_holm",
-                             "ci95_lo", "ci95_hi", "kernel"]  # fmt: skip
+                             "ci95_lo", "ci95_hi", "kernel", "table"]  # fmt: skip
     pooled = fog["corruption/fog"]
     assert pooled["test"] == "wilcoxon" and float(pooled["p_value"]) == 0.5
     assert float(pooled["p_holm"]) == 1.0  # 6 tested rows: min(1, 6 · 0.5)
@@ -210,6 +210,8 @@ def test_eval_writes_report_json_csv_png(files) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG" and csv_path.read_text().startswith("variant,")
     assert "gauss@0.8" in res.stdout and "robust (pgd)" in res.stdout
     assert f"wrote {out}" in res.stdout
+    assert d["settings"]["params"] == "auto" and d["settings"]["table"] == "cifar (make_cifar_c.py)"
+    assert "corruption table cifar (make_cifar_c.py), seed 0" in res.stdout
 
     # a second run measures mCE against the first run's unpatched model
     out2 = files / "r2.json"
@@ -221,6 +223,15 @@ def test_eval_writes_report_json_csv_png(files) -> None:
     assert d2["variants"][0]["mce"] == pytest.approx(1.0)
     assert d2["settings"]["baseline"]["kind"] == "report"
 
+    # --params picks the severity table; the report and the output name the one that ran
+    res = _run([*BASE_ARGS, "--weights", str(files / "clean.safetensors"), "--corruptions",
+                "pixelate", "--severities", "1", "--params", "imagecorruptions",
+                "--out", str(out2)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    label = "imagecorruptions (imagecorruptions 1.1.2)"
+    assert json.loads(out2.read_text())["settings"]["table"] == label
+    assert f"corruption table {label}" in res.stdout
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
@@ -228,6 +239,7 @@ def test_eval_writes_report_json_csv_png(files) -> None:
         (["--corruptions", "fogg"], "error: unknown corruption 'fogg'; choose one of: "),
         (["--severities", "0"], "error: --severities '0': severities run from 1 to 5"),
         (["--attack", "pgd", "--eps", "8/0"], "error: cannot parse eps '8/0'"),
+        (["--params", "coco"], "error: unknown severity table 'coco'; choose one of: cifar, "),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(files, extra, message) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from rws.errors import UsageError
-from rws.training.augment import random_crop
+from rws.training.augment import random_crop, random_flip
 from rws.training.config import TrainConfig
 
 
@@ -58,3 +58,34 @@ def test_training_with_crops_is_deterministic_and_differs() -> None:
     a, b, plain = run(4), run(4), run(0)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], plain["conv1.weight"])
+
+
+def test_reflect_fill_crops_the_reflected_image() -> None:
+    x = torch.rand(32, 3, 8, 8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(1), fill="reflect")
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(len(x)):
+        assert any(torch.equal(out[i], padded[i, :, r:r + 8, c:c + 8])
+                   for r in range(5) for c in range(5)), i  # fmt: skip
+    assert not torch.equal(out, random_crop(x, 2, torch.Generator().manual_seed(1)))
+
+
+def test_flip_mirrors_about_half_the_images_seeded() -> None:
+    x = torch.rand(400, 3, 4, 5)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    same = [torch.equal(out[i], x[i]) for i in range(len(x))]
+    mirrored = [torch.equal(out[i], x[i].flip(-1)) for i in range(len(x))]
+    assert all(a != b for a, b in zip(same, mirrored, strict=True))  # each image one or the other
+    assert 160 <= sum(mirrored) <= 240  # p = 0.5 (measured: 205 of 400)
+    assert torch.equal(out, random_flip(x, torch.Generator().manual_seed(0)))
+
+
+def test_reference_options_validated_and_written_only_when_set() -> None:
+    plain = TrainConfig(epochs=1).to_dict()
+    assert not {"crop_fill", "flip", "frozen_mode"} & set(plain)
+    cfg = TrainConfig(epochs=1, crop_padding=4, crop_fill="reflect", flip=True, frozen_mode="train")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, match in (({"crop_fill": "edge"}, "crop_fill"), ({"flip": 1}, "flip"),
+                       ({"frozen_mode": "freeze"}, "frozen_mode")):  # fmt: skip
+        with pytest.raises(UsageError, match=match):
+            TrainConfig(epochs=1, **bad)

@@ -45,6 +45,21 @@ def test_train_mode_only_for_the_trainable_modules() -> None:
     assert all(m.training for m in model.modules())
 
 
+def test_parameter_names_train_one_tensor_and_others_mode() -> None:
+    model = init_model("small-cnn", 10, seed=0)
+    with frozen_except(model, ["conv2.weight"]):
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["conv2.weight"]
+    train_mode(model, ["conv2.weight"])
+    assert model.conv2.training and not model.bn2.training and not model.training
+    train_mode(model, ["conv2.weight"], others="train")  # the RiFT reference: all in train mode
+    assert all(m.training for m in model.modules())
+    with (
+        pytest.raises(UsageError, match=r"'conv2\.gamma' not in the model"),
+        frozen_except(model, ["conv2.gamma"]),
+    ):
+        pass
+
+
 def test_accuracy_helpers() -> None:
     model = init_model("small-cnn", 10, seed=0)
     x, y = torch.rand(10, 3, 32, 32), torch.arange(10)

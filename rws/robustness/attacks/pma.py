@@ -1,9 +1,26 @@
 """PMA, the probability-margin attack (Xie et al. 2024, arXiv 2411.15210; code xieyong0/PMA).
 
-Loss ``p_max - p_y`` on softmax probabilities, optimised with the Margin-Decomposition schedule:
-two rounds of K sign-gradient steps from a uniform random start; within a round the step size
-is cosine-decayed from 2ε and restarted at K/2; the first half maximises ``-p_y`` (round 0) or
-``p_max`` (round 1), the second half ``p_max - p_y``. Fooled examples leave the batch.
+Loss ``p_max - p_y`` on softmax probabilities, optimised as the reference's ``MDAttack`` (the
+Margin-Decomposition schedule): two rounds of K sign-gradient steps, each from a fresh uniform
+random start on the examples not yet fooled. Step ``i`` of a round (change point ``c = K/2``):
+
+* loss: ``+p_y`` at ``i = 0``; ``-p_y`` (round 0) or ``p_max`` (round 1) for ``0 < i < c``;
+  ``p_max - p_y`` from ``i ≥ c`` on;
+* size: ``a·½(1 + cos(π(i − 1)/(K − c)))`` for ``i ≤ c`` and ``a·½(1 + cos(π(i − c − 1)/(K − c)))``
+  for ``i > c``, with ``a = 2ε`` (:func:`step_schedule`): the cosine peaks at step 1 and restarts
+  at step ``⌊c⌋ + 1``.
+
+The first step *raises* the true-class probability, as the reference (and the MD attack it
+descends from) does: with a step of almost 2ε it moves the random start to the vertex of the ε-ball
+that favours the true class, and step 1, a full 2ε step on the early loss, then crosses the ball
+from there. It is kept because the reference's numbers include it. An example leaves the batch at
+the first iterate that misclassifies it, in both.
+
+Departures from the reference code: the random start is clipped to [0, 1] before the first
+forward pass (the reference feeds it unclipped); noise is drawn for the whole batch so that
+results do not depend on batching; an example never fooled returns its highest-margin iterate (the
+reference returns the last), which changes no robust accuracy; ``norm="l2"`` (normalised-gradient
+steps) and ``step_size`` (the initial ``a``) are rws extensions.
 """
 
 from __future__ import annotations
@@ -33,19 +50,33 @@ DEFAULT_STEPS = 100
 ROUNDS = 2
 
 
+def true_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``+p_y``: the loss of PMA's first step in each round (it raises the true class)."""
+    return -neg_true_probability(logits, y)
+
+
 def step_schedule(steps: int, step0: float) -> list[float]:
-    """Step sizes of one round: cosine from ``step0`` towards 0 over each half, restarted at K/2."""
-    half = steps // 2
+    """Step sizes of one round of ``steps`` steps, the reference's cosine with restart.
+
+    Example:
+        >>> step_schedule(4, 1.0)
+        [0.5, 1.0, 0.5, 1.0]
+    """
+    change = steps / 2
+    period = steps - change
     sizes = []
     for i in range(steps):
-        t, period = (i, half) if i < half else (i - half, steps - half)
+        t = i - change - 1 if i > change else i - 1
         sizes.append(step0 * 0.5 * (1.0 + math.cos(math.pi * t / period)))
     return sizes
 
 
 def phase_loss(round_: int, i: int, steps: int) -> LossFn:
-    """Loss of step ``i``: ``-p_y`` / ``p_max`` in the first half (round 0 / 1), then the margin."""
-    if i >= steps // 2:
+    """Loss of step ``i``: ``p_y`` at step 0, ``-p_y`` / ``p_max`` (round 0 / 1) before K/2,
+    then the margin ``p_max - p_y``."""
+    if i == 0:
+        return true_probability
+    if i >= steps / 2:
         return probability_margin
     return neg_true_probability if round_ == 0 else max_other_probability
 

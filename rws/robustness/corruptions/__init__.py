@@ -2,8 +2,8 @@
 
 ``corrupt(images, name, severity)`` applies one of the 15 benchmark corruptions (``CORRUPTIONS``) or
 the 4 validation ones (``EXTRA_CORRUPTIONS``) to a batch ``(N, 3, H, W)`` of float images in [0, 1]
-on any device, with the published severity tables (:mod:`.params`) and an optional
-``torch.Generator``.
+on any device, with the published severity tables (:mod:`.params`: hendrycks's CIFAR-10-C and
+ImageNet-C scripts, or the ``imagecorruptions`` package) and an optional ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ from rws.data.severity import check_severity
 from rws.errors import UsageError
 from rws.robustness.corruptions import blur, digital, noise, spatter, weather  # noqa: F401
 from rws.robustness.corruptions._rng import make_generator
-from rws.robustness.corruptions.params import resolve_table, severity_params
+from rws.robustness.corruptions.params import Table, resolve_table, severity_params, table_label
 from rws.robustness.corruptions.registry import (
     CORRUPTION_REGISTRY,
     benchmark_order,
     corruption_info,
+    fidelity_note,
     get_corruption,
     kernel_fidelity,
     list_corruptions,
     register_corruption,
+    table_kernel,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def corrupt(
     images: torch.Tensor,
     name: str,
     severity: int,
-    params: Literal["cifar", "imagenet", "auto"] = "auto",
+    params: Literal["cifar", "imagenet", "imagecorruptions", "auto"] = "auto",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Apply a corruption to a batch of images.
@@ -78,8 +80,11 @@ def corrupt(
         images: ``(N, 3, H, W)`` float tensor in [0, 1], on any device.
         name: A name from ``list_corruptions()``, e.g. ``"fog"``.
         severity: 1 (mildest) to 5.
-        params: Severity table: ``"cifar"`` (CIFAR-10-C, for 32×32), ``"imagenet"`` (ImageNet-C,
-            for 224×224) or ``"auto"`` (CIFAR when H and W ≤ 64, else ImageNet).
+        params: Severity table: ``"cifar"`` (CIFAR-10-C's ``make_cifar_c.py``, for 32×32),
+            ``"imagenet"`` (ImageNet-C's ``make_imagenet_c.py``, for 224×224),
+            ``"imagecorruptions"`` (the ``imagecorruptions`` package, as COCO-C and most
+            detection/segmentation sets were made: the ImageNet table with its elastic_transform,
+            pixelate and snow) or ``"auto"`` (CIFAR when H and W ≤ 64, else ImageNet).
         generator: Source of all random draws (its own device); ``None`` draws a fresh seed.
             The global RNGs are never used.
 
@@ -96,10 +101,11 @@ def corrupt(
         >>> y.shape
         torch.Size([4, 3, 32, 32])
     """
-    kernel = get_corruption(name)
+    get_corruption(name)
     check_severity(severity)
     x, lo, hi = _check_images(images)
     table = resolve_table(params, x.shape[-2], x.shape[-1])
+    kernel = table_kernel(name, table)
     if x.shape[0] == 0:
         return x.clone()
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -118,10 +124,15 @@ __all__ = [
     "CORRUPTIONS",
     "CORRUPTION_REGISTRY",
     "EXTRA_CORRUPTIONS",
+    "Table",
     "corrupt",
     "corruption_info",
+    "fidelity_note",
     "get_corruption",
     "kernel_fidelity",
     "list_corruptions",
     "register_corruption",
+    "resolve_table",
+    "table_kernel",
+    "table_label",
 ]

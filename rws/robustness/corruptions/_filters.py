@@ -96,21 +96,25 @@ def gaussian(
     return separable(x, k, k, mode)
 
 
-def gaussian_symmetric_fft(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+def gaussian_symmetric_fft(
+    x: torch.Tensor, sigma: float | tuple[float, float], truncate: float = 4.0
+) -> torch.Tensor:
     """Gaussian filter, scipy's ``reflect`` border, exact for any σ (even wider than the image).
 
-    The symmetric extension of a length-``n`` axis is periodic with period ``2n``, so the filter
-    is a circular convolution of the mirrored signal with the kernel folded modulo ``2n``. Up to
-    ``_MATRIX_MAX_SIDE`` pixels the same map runs as banded matrices (:func:`separable`, whose
-    index-based border handles kernels wider than the image too).
+    ``sigma``: one σ, or ``(σ_rows, σ_cols)``. The symmetric extension of a length-``n`` axis is
+    periodic with period ``2n``, so the filter is a circular convolution of the mirrored signal
+    with the kernel folded modulo ``2n``. Up to ``_MATRIX_MAX_SIDE`` pixels the same map runs as
+    banded matrices (:func:`separable`, whose index-based border handles kernels wider than the
+    image too).
     """
-    k = gaussian_kernel1d(sigma, truncate)
-    if k.size == 1:
+    sh, sw = (sigma, sigma) if isinstance(sigma, int | float) else sigma
+    kh, kw = gaussian_kernel1d(sh, truncate), gaussian_kernel1d(sw, truncate)
+    if kh.size == 1 and kw.size == 1:
         return x.clone()
     if max(x.shape[-2:]) <= _MATRIX_MAX_SIDE and x.dim() == 4:
-        return separable(x, k, k, "symmetric")
-    r = k.size // 2
-    for axis in (-2, -1):
+        return separable(x, kh, kw, "symmetric")
+    for axis, k in ((-2, kh), (-1, kw)):
+        r = k.size // 2
         n = x.shape[axis]
         folded = np.zeros(2 * n)
         np.add.at(folded, np.arange(-r, r + 1) % (2 * n), k)

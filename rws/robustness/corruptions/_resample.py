@@ -25,19 +25,28 @@ def _linear_rows(coords: np.ndarray, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def clipped_zoom_matrix(n: int, factor: float) -> np.ndarray:
-    """``(n, n)`` matrix of the reference's ``clipped_zoom`` along one axis.
-
-    Crop the central ``ceil(n / z)`` pixels, zoom them by ``z`` with ``scipy.ndimage.zoom(order=1)``
-    (output length ``round(crop·z)``, corner-aligned grid), then keep the central ``n`` pixels.
-    """
+def zoom_crop_matrix(n: int, factor: float) -> np.ndarray:
+    """``(round(crop·z), n)`` matrix: the central ``crop = ceil(n / z)`` pixels zoomed by ``z`` with
+    ``scipy.ndimage.zoom(order=1)`` (output length ``round(crop·z)``, corner-aligned grid)."""
     crop = int(np.ceil(n / factor))
     top = (n - crop) // 2
     out = round(crop * factor)
-    trim = (out - n) // 2
-    j = np.arange(trim, trim + n, dtype=np.float64)
+    j = np.arange(out, dtype=np.float64)
     scale = (crop - 1) / (out - 1) if out > 1 else 0.0
     return _linear_rows(top + j * scale, n)
+
+
+@lru_cache(maxsize=256)
+def clipped_zoom_matrix(n: int, factor: float) -> np.ndarray:
+    """``(n, n)`` matrix of the reference's ``clipped_zoom`` along one axis: the central ``n`` rows
+    of :func:`zoom_crop_matrix`.
+
+    The ``imagecorruptions`` package keeps the first ``n`` instead; for factors up to 1.5 (all of
+    zoom_blur's) the zoom is at most ``n + 1`` long, both trims start at 0 and agree.
+    """
+    full = zoom_crop_matrix(n, factor)
+    trim = (full.shape[0] - n) // 2
+    return full[trim : trim + n].copy()
 
 
 @lru_cache(maxsize=256)
@@ -55,6 +64,21 @@ def pil_box_matrix(in_size: int, out_size: int) -> np.ndarray:
         w = ((t > -0.5) & (t <= 0.5)).astype(np.float64)
         if w.sum() > 0:
             m[o, lo:hi] = w / w.sum()
+    return m
+
+
+@lru_cache(maxsize=256)
+def pil_nearest_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``(out_size, in_size)`` 0/1 matrix of Pillow's ``resize(..., Image.NEAREST)`` along one
+    axis: output ``o`` takes input ``int(s/2 + o·s)``, ``s = in/out``, summed term by term in
+    float64 as Pillow does. For upsampling this is Pillow's BOX (:func:`pil_box_matrix`) except at
+    exact ties ``(o + ½)·s = k``, which can land on ``k - 1`` where BOX takes ``k``."""
+    s = in_size / out_size
+    steps = np.full(out_size, s)
+    steps[0] = s * 0.5
+    src = np.add.accumulate(steps).astype(int)  # sequential, as Pillow's ``xo += a[0]``
+    m = np.zeros((out_size, in_size))
+    m[np.arange(out_size), np.minimum(src, in_size - 1)] = 1.0
     return m
 
 
@@ -92,27 +116,38 @@ def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
     return apply_axes(x, clipped_zoom_matrix(h, factor), clipped_zoom_matrix(w, factor))
 
 
+def zoom_crop(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Each plane's central crop zoomed by ``factor`` (:func:`zoom_crop_matrix`), untrimmed:
+    ``(N, C, round(crop_h·z), round(crop_w·z))``, at least the input's size."""
+    h, w = x.shape[-2:]
+    mh = torch.as_tensor(zoom_crop_matrix(h, factor), dtype=x.dtype, device=x.device)
+    mw = torch.as_tensor(zoom_crop_matrix(w, factor), dtype=x.dtype, device=x.device)
+    return torch.matmul(torch.matmul(mh, x), mw.t())
+
+
 @lru_cache(maxsize=32)
 def _box_round_trip_csr(
-    h: int, w: int, sh: int, sw: int, device: torch.device, dtype: torch.dtype
+    h: int, w: int, sh: int, sw: int, device: torch.device, dtype: torch.dtype, up: str = "box"
 ) -> torch.Tensor:
-    return kron_sum_csr([(1.0, *box_round_trip(h, w, sh, sw))], device, dtype)
+    return kron_sum_csr([(1.0, *box_round_trip(h, w, sh, sw, up))], device, dtype)
 
 
-def box_round_trip(h: int, w: int, sh: int, sw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column matrices of Pillow BOX resizes ``(h, w) → (sh, sw) → (h, w)``."""
-    return (
-        pil_box_matrix(sh, h) @ pil_box_matrix(h, sh),
-        pil_box_matrix(sw, w) @ pil_box_matrix(w, sw),
-    )
+def box_round_trip(
+    h: int, w: int, sh: int, sw: int, up: str = "box"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column matrices of Pillow resizes ``(h, w) → (sh, sw)`` (BOX) ``→ (h, w)`` (BOX,
+    or NEAREST for ``up="nearest"``)."""
+    back = pil_nearest_matrix if up == "nearest" else pil_box_matrix
+    return (back(sh, h) @ pil_box_matrix(h, sh), back(sw, w) @ pil_box_matrix(w, sw))
 
 
-def box_resize_round_trip(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
-    """Pillow BOX resize of each plane to ``(sh, sw)`` and back, as one cached sparse operator."""
+def box_resize_round_trip(x: torch.Tensor, sh: int, sw: int, up: str = "box") -> torch.Tensor:
+    """Pillow BOX resize of each plane to ``(sh, sw)`` and back (BOX, or NEAREST for
+    ``up="nearest"``), as one cached sparse operator."""
     h, w = x.shape[-2:]
     if sparse_ok(x):
-        return apply_plane(x, _box_round_trip_csr(h, w, sh, sw, x.device, x.dtype))
-    return apply_axes(x, *box_round_trip(h, w, sh, sw))
+        return apply_plane(x, _box_round_trip_csr(h, w, sh, sw, x.device, x.dtype, up))
+    return apply_axes(x, *box_round_trip(h, w, sh, sw, up))
 
 
 def _normalise(n: int, border: str) -> tuple[float, float]:

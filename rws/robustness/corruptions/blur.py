@@ -6,7 +6,7 @@ import torch
 
 from rws.robustness.corruptions import _filters, _rng
 from rws.robustness.corruptions._resample import zoom_mean
-from rws.robustness.corruptions.registry import register_corruption
+from rws.robustness.corruptions.registry import register_corruption, register_variant
 
 
 @register_corruption("defocus_blur", family="blur", random=False)
@@ -114,11 +114,17 @@ def motion_blur(
     return _filters.motion_blur(x, float(c[0]), float(c[1]), angle)
 
 
+# the imagecorruptions package blurs with this same shift-and-add line kernel (no ImageMagick)
+register_variant("motion_blur", table="imagecorruptions")(motion_blur)
+
+
 @register_corruption("zoom_blur", family="blur", random=False)
 def zoom_blur(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -> torch.Tensor:
     """Mean of the image and its centre zooms by each factor in ``c``, clipped to the image size.
 
-    All zooms and the mean are one sparse linear map (:func:`_resample.zoom_mean`).
+    All zooms and the mean are one sparse linear map (:func:`_resample.zoom_mean`). The
+    ``imagecorruptions`` package trims each zoom from its top-left corner instead, which for these
+    factors (≤ 1.5) is the same crop (:func:`_resample.clipped_zoom_matrix`): no variant needed.
     """
     return zoom_mean(x, tuple(float(z) for z in c))
 

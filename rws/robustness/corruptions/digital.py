@@ -12,7 +12,7 @@ from rws.robustness.corruptions._resample import (
     sample_affine,
     sample_bilinear,
 )
-from rws.robustness.corruptions.registry import register_corruption
+from rws.robustness.corruptions.registry import register_corruption, register_variant
 
 
 @register_corruption("brightness", family="digital", random=False)
@@ -96,12 +96,44 @@ def elastic_transform(
     return elastic_warp(x, inverse, fields[:, 0], fields[:, 1])
 
 
+@register_variant("elastic_transform", table="imagecorruptions")
+def elastic_transform_imagecorruptions(
+    x: torch.Tensor, c: tuple[float, float, float], *, generator: torch.Generator
+) -> torch.Tensor:
+    """The ``imagecorruptions`` package's elastic transform: no affine step, sizes relative to
+    the image, ``c = (α, σ / side, amplitude / height)``.
+
+    Every pixel moves by ``α·gaussian_σ(U(-a, a))`` per axis, ``σ = (σ/side)·(H, W)`` (per axis),
+    ``a = (amplitude/height)·H`` for both axes (truncate 3, scipy ``reflect`` border), then
+    ``map_coordinates(order=1, mode="reflect")``.
+    """
+    alpha, rel_sigma, rel_amp = float(c[0]), float(c[1]), float(c[2])
+    n, _, h, w = x.shape
+    fields = _rng.uniform((n, 2, h, w), generator, x, -rel_amp * h, rel_amp * h)  # dx, dy
+    fields = _filters.gaussian_symmetric_fft(fields, (rel_sigma * h, rel_sigma * w), truncate=3.0)
+    fields = fields.mul_(alpha)
+    rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
+    return sample_bilinear(x, fields[:, 1] + rows, fields[:, 0] + cols, border="symmetric")
+
+
 @register_corruption("pixelate", family="digital", random=False)
 def pixelate(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
     """Pillow BOX resize to ``int(side·c)`` and BOX back (the reference's resampling, in float)."""
     h, w = x.shape[-2:]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     return box_resize_round_trip(x, sh, sw)
+
+
+@register_variant("pixelate", table="imagecorruptions")
+def pixelate_nearest(x: torch.Tensor, c: float, *, generator: torch.Generator) -> torch.Tensor:
+    """The ``imagecorruptions`` package's pixelate: Pillow BOX resize to ``int(side·c)``, then
+    NEAREST back. Pillow's BOX upsampling also copies one pixel; the two differ only where an
+    output pixel centre falls exactly on a source pixel edge (never at 224×224 for these factors;
+    :func:`_resample.pil_nearest_matrix`)."""
+    h, w = x.shape[-2:]
+    sh, sw = max(1, int(h * c)), max(1, int(w * c))
+    return box_resize_round_trip(x, sh, sw, up="nearest")
 
 
 @register_corruption("jpeg_compression", family="digital", random=False)

@@ -1,9 +1,13 @@
-"""Severity tables (severity 1 → 5) of CIFAR-10-C and ImageNet-C.
+"""Severity tables (severity 1 → 5) of CIFAR-10-C, ImageNet-C and the ``imagecorruptions`` package.
 
 Values are the published ones of ``make_cifar_c.py`` (32×32 inputs) and ``make_imagenet_c.py``
 (224×224 inputs) of hendrycks/robustness (Hendrycks & Dietterich, ICLR 2019). Parameters given in
 pixels (blur radii, elastic displacements) are used as published, not rescaled to other image sizes.
-Each row's meaning is documented at the kernel that reads it.
+``IMAGECORRUPTIONS`` is the ImageNet table as the ``imagecorruptions`` 1.1.2 package (bethgelab,
+used for COCO-C and other detection/segmentation sets) changed it: its own elastic rows, and
+kernel variants (:data:`~rws.robustness.corruptions.registry.VARIANTS`) for elastic_transform
+(no affine step), pixelate (NEAREST upsampling) and snow. Each row's meaning is documented at
+the kernel that reads it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 
 from rws.errors import UsageError
 
-Table = Literal["cifar", "imagenet"]
+Table = Literal["cifar", "imagenet", "imagecorruptions"]
 
 
 def _zoom_factors(stop: float, step: float) -> tuple[float, ...]:
@@ -111,18 +115,62 @@ IMAGENET: dict[str, tuple[Any, ...]] = {
     "saturate": ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)),
 }
 
-TABLES: dict[str, dict[str, tuple[Any, ...]]] = {"cifar": CIFAR, "imagenet": IMAGENET}
+# imagecorruptions: elastic ``(α, σ / side, amplitude / height)``, no affine step (see the kernel)
+IMAGECORRUPTIONS: dict[str, tuple[Any, ...]] = {
+    **IMAGENET,
+    "elastic_transform": tuple((250 * a, 0.01, 0.005) for a in (0.05, 0.065, 0.085, 0.1, 0.12)),
+}
+
+TABLES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "cifar": CIFAR,
+    "imagenet": IMAGENET,
+    "imagecorruptions": IMAGECORRUPTIONS,
+}
+
+# what each table reproduces, as reports name it
+TABLE_LABELS: dict[str, str] = {
+    "cifar": "cifar (make_cifar_c.py)",
+    "imagenet": "imagenet (make_imagenet_c.py)",
+    "imagecorruptions": "imagecorruptions (imagecorruptions 1.1.2)",
+}
+
+_REFERENCE_DATA = {
+    "cifar": "CIFAR-10-C",
+    "imagenet": "ImageNet-C",
+    "imagecorruptions": "data made with the imagecorruptions package",
+}
+
+
+def reference_data(label: str | None) -> str:
+    """What numbers of a report whose ``settings["table"]`` is ``label`` compare with
+    (``"CIFAR-10-C"``, ``"ImageNet-C"``, …); reports without the field ran the CIFAR table."""
+    key = (label or "cifar").split(" ", 1)[0]
+    return _REFERENCE_DATA.get(key, "CIFAR-10-C")
+
 
 AUTO_MAX_SIDE = 64  # ``params="auto"``: CIFAR when H and W are at most this, else ImageNet
 
 
 def resolve_table(params: str, height: int, width: int) -> Table:
-    """``"cifar"`` or ``"imagenet"`` for a ``params`` choice and an image size."""
+    """The table that ``params`` picks for an image size: ``"auto"`` is ``"cifar"`` up to
+    :data:`AUTO_MAX_SIDE` pixels a side, else ``"imagenet"``; a table name is itself.
+
+    Example:
+        >>> resolve_table("auto", 32, 32), resolve_table("imagecorruptions", 32, 32)
+        ('cifar', 'imagecorruptions')
+    """
     if params == "auto":
         return "cifar" if max(height, width) <= AUTO_MAX_SIDE else "imagenet"
     if params not in TABLES:
-        raise UsageError(f"params must be 'cifar', 'imagenet' or 'auto', not {params!r}")
+        raise UsageError(
+            f"params must be 'cifar', 'imagenet', 'imagecorruptions' or 'auto', not {params!r}"
+        )
     return params  # type: ignore[return-value]
+
+
+def table_label(table: str) -> str:
+    """How reports name a table: ``"imagenet (make_imagenet_c.py)"`` …"""
+    return TABLE_LABELS[table]
 
 
 def severity_params(name: str, severity: int, table: Table) -> Any:

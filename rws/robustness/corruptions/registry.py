@@ -5,6 +5,9 @@ A corruption kernel has the signature ``f(x, c, *, generator) -> Tensor``: ``x``
 severity table in :mod:`rws.robustness.corruptions.params`, and ``generator`` is the
 ``torch.Generator`` every random draw must use. Kernels may return values outside [0, 1]: the caller
 clamps.
+
+A table may swap a corruption's kernel for a variant (:func:`register_variant`, e.g. the
+``imagecorruptions`` package's pixelate with NEAREST upsampling); :func:`table_kernel` picks it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ CORRUPTION_REGISTRY: Registry[Kernel] = Registry("corruption")
 FAMILIES: tuple[Family, ...] = ("noise", "blur", "weather", "digital")  # the benchmark's order
 
 PAPER_URL = "https://arxiv.org/abs/1903.12261"
+
+# (table, name) → (kernel, approximate): the kernels a severity table uses instead of the default
+VARIANTS: dict[tuple[str, str], tuple[Kernel, str]] = {}
 
 
 def register_corruption(
@@ -55,6 +61,35 @@ def register_corruption(
     )  # fmt: skip
 
 
+def register_variant(name: str, *, table: str, approximate: str = "") -> Callable[[Kernel], Kernel]:
+    """Use the decorated kernel for corruption ``name`` when the severity table is ``table``.
+
+    Args:
+        name: A registered corruption (registered before its variants).
+        table: The severity table (``"imagecorruptions"``) whose reference the variant follows.
+        approximate: Empty when the variant follows that table's reference, else how it departs.
+
+    Returns:
+        The decorator (the kernel is returned unchanged); a second variant for the same table and
+        corruption raises ``ValueError`` (a programming bug).
+    """
+    CORRUPTION_REGISTRY.entry(name)  # UnknownNameError for a typo
+
+    def register(kernel: Kernel) -> Kernel:
+        if (table, name) in VARIANTS:
+            raise ValueError(f"corruption {name!r} already has a variant for table {table!r}")
+        VARIANTS[(table, name)] = (kernel, approximate)
+        return kernel
+
+    return register
+
+
+def table_kernel(name: str, table: str) -> Kernel:
+    """The kernel of ``name`` under a severity table: its variant there, else the default."""
+    variant = VARIANTS.get((table, name))
+    return variant[0] if variant else get_corruption(name)
+
+
 def get_corruption(name: str) -> Kernel:
     """The kernel registered under ``name``; raises ``UnknownNameError`` listing the choices."""
     return CORRUPTION_REGISTRY.get(name)
@@ -65,15 +100,24 @@ def corruption_info(name: str) -> dict[str, Any]:
     return dict(CORRUPTION_REGISTRY.entry(name).info)
 
 
-def kernel_fidelity(name: str) -> str:
+def kernel_fidelity(name: str, table: str | None = None) -> str:
     """``"reference"`` when the kernel follows the reference, else ``"approximate"``; the reason
-    is ``corruption_info(name)["approximate"]``.
+    is :func:`fidelity_note`. With ``table``, the kernel that table runs (:func:`table_kernel`).
 
     Example:
         >>> kernel_fidelity("fog"), kernel_fidelity("frost")
         ('reference', 'approximate')
+        >>> kernel_fidelity("motion_blur"), kernel_fidelity("motion_blur", "imagecorruptions")
+        ('approximate', 'reference')
     """
-    return "approximate" if corruption_info(name).get("approximate") else "reference"
+    return "approximate" if fidelity_note(name, table) else "reference"
+
+
+def fidelity_note(name: str, table: str | None = None) -> str:
+    """How the kernel (under ``table``: its variant there, if any) departs from its reference;
+    empty when it follows it."""
+    variant = VARIANTS.get((table, name)) if table else None
+    return variant[1] if variant else str(corruption_info(name).get("approximate") or "")
 
 
 def list_corruptions(pattern: str = "*") -> list[str]:

@@ -6,9 +6,9 @@ import torch
 
 from rws.robustness.corruptions import _filters, _rng
 from rws.robustness.corruptions._color import rgb_to_grey
-from rws.robustness.corruptions._resample import clipped_zoom, next_pow2
+from rws.robustness.corruptions._resample import clipped_zoom, next_pow2, zoom_crop
 from rws.robustness.corruptions._textures import frost_texture, plasma_fractal
-from rws.robustness.corruptions.registry import register_corruption
+from rws.robustness.corruptions.registry import register_corruption, register_variant
 
 
 @register_corruption(
@@ -24,14 +24,31 @@ def snow(x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator) -
     see ``motion_blur``) and added with its 180° rotation to the image, whose grey value brightens
     it first: ``w·x + (1 - w)·max(x, 1.5·grey + 0.5)``.
     """
+    return _snow(x, c, generator, imagecorruptions=False)
+
+
+@register_variant("snow", table="imagecorruptions")
+def snow_imagecorruptions(
+    x: torch.Tensor, c: tuple[float, ...], *, generator: torch.Generator
+) -> torch.Tensor:
+    """The ``imagecorruptions`` package's snow: as ``snow``, but the zoomed layer is blurred
+    unquantised and untrimmed, then its top-left ``H × W`` pixels kept (that package's motion
+    blur is rws's line kernel)."""
+    return _snow(x, c, generator, imagecorruptions=True)
+
+
+def _snow(
+    x: torch.Tensor, c: tuple[float, ...], generator: torch.Generator, *, imagecorruptions: bool
+) -> torch.Tensor:
     mean, std, zoom, threshold, radius, sigma, weight = (float(v) for v in c)
     n, _, h, w = x.shape
     layer = _rng.normal((n, 1, h, w), generator, x, mean, std)
-    layer = clipped_zoom(layer, zoom)
+    layer = zoom_crop(layer, zoom) if imagecorruptions else clipped_zoom(layer, zoom)
     layer = layer.masked_fill(layer < threshold, 0.0).clamp_(0.0, 1.0)
-    layer = layer.mul_(255.0).floor_().div_(255.0)
+    if not imagecorruptions:  # the reference hands ImageMagick a uint8 PNG
+        layer = layer.mul_(255.0).floor_().div_(255.0)
     angle = _rng.uniform((n,), generator, x, -135.0, -45.0)
-    layer = _filters.motion_blur(layer, radius, sigma, angle)
+    layer = _filters.motion_blur(layer, radius, sigma, angle)[..., :h, :w]
     layer = layer.mul_(255.0).round_().div_(255.0)  # the blurred layer came back as uint8
     out = torch.maximum(x, rgb_to_grey(x).mul_(1.5).add_(0.5)).mul_(1.0 - weight)
     return out.add_(x, alpha=weight).add_(layer.add_(layer.flip(-2, -1)))
