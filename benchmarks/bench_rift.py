@@ -190,7 +190,7 @@ def run_recipe(label: str, recipe: str, at_model: torch.nn.Module, data: object,
              **table.to_dict()}  # fmt: skip
     (work / "mrc.json").write_text(json.dumps(cache))  # the MRC above, not remeasured
     alpha = AlphaSettings(corruptions=CORRUPTIONS, max_robust_drop=0.1, copy="cycled",
-                          attack_step_size=rec.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip
+                          attack_step_size=rec.mrc.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip
     cfg = rift_train_config(**{**rec.train, "lr": LR, **train})
     res = rift(at_model, data, recipe=recipe, alpha_settings=alpha, train_config=cfg,
                device="cpu", work_dir=work)  # fmt: skip

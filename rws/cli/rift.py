@@ -56,7 +56,9 @@ MrcBatchOpt = Annotated[
 def _mrc_settings(recipe: str, batch_size: int | None, **kw: object) -> MrcSettings:
     """The recipe's MRC settings with the options given on the command line."""
     base = rift_recipe(recipe).mrc
-    return dataclasses.replace(base, batch_size=batch_size or base.batch_size, **kw)
+    return dataclasses.replace(
+        base, batch_size=base.batch_size if batch_size is None else batch_size, **kw
+    )
 
 
 def _check_outputs(outputs: list[Path | None], inputs: list[str]) -> None:
@@ -167,7 +169,7 @@ def rift_command(
     alpha = AlphaSettings(criterion=criterion, max_robust_drop=max_robust_drop,
                           corruptions=parse_corruptions(corruptions), attack_eps=ms.attack_eps,
                           attack_steps=steps, seed=seed, copy="cycled",
-                          attack_step_size=rec.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip
+                          attack_step_size=ms.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip
     cfg = rift_train_config(**{**rec.train, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                                "seed": seed})  # fmt: skip
     _check_outputs([output, plot], [weights])

@@ -97,8 +97,8 @@ class RiftRecipe:
         trains: ``"layer"`` (the module's weight, bias and following norm layer) or ``"weight"``.
         patch: ``"layer"`` (the layer's tensors) or ``"changed"`` (every floating-point tensor the
             fine-tuning changed: the reference interpolates the whole state dict).
-        attack_step_size: PGD step of the α search (None: rws's rule).
-        attack_runs: PGD runs of the α search; robust accuracy is the worst.
+        attack_runs: PGD runs of the α search; robust accuracy is the worst. (The α search's PGD
+            step is the MRC settings' ``attack_step_size``.)
     """
 
     name: str
@@ -106,19 +106,18 @@ class RiftRecipe:
     train: Mapping[str, Any]
     trains: str
     patch: str
-    attack_step_size: float | None
     attack_runs: int
 
 
 _REF_STEP = 2 / 225  # the reference code's torchattacks.PGD(alpha=2/225): a typo for 2/255, kept
 
 RIFT_RECIPES: dict[str, RiftRecipe] = {
-    "rws": RiftRecipe("rws", MrcSettings(), {}, "layer", "layer", None, 1),
+    "rws": RiftRecipe("rws", MrcSettings(), {}, "layer", "layer", 1),
     "reference": RiftRecipe(
         "reference",
         MrcSettings(split="test", shuffle=True, batch_size=512, attack_step_size=_REF_STEP),
         {"crop_padding": 4, "crop_fill": "reflect", "flip": True, "frozen_mode": "train"},
-        "weight", "changed", _REF_STEP, 3,
+        "weight", "changed", 3,
     ),
 }  # fmt: skip
 
@@ -251,7 +250,7 @@ def rift(
     delta = extract(model, tuned, method="delta", codec=codec, include=include)
     a_settings = alpha_settings or AlphaSettings(
         attack_eps=ms.attack_eps, attack_steps=ms.attack_steps, seed=ms.seed, copy="cycled",
-        attack_step_size=rec.attack_step_size, attack_runs=rec.attack_runs,
+        attack_step_size=ms.attack_step_size, attack_runs=rec.attack_runs,
     )  # fmt: skip
     with on_device(model, device):
         curve = alpha_curve(model, delta, dataset.val, a_settings, progress=progress)

@@ -212,7 +212,7 @@ def test_recipes_table() -> None:
     rws_, ref = RIFT_RECIPES["rws"], RIFT_RECIPES["reference"]
     assert rws_.mrc == MrcSettings() and rws_.train == {} and rws_.attack_runs == 1
     assert (ref.mrc.split, ref.mrc.shuffle, ref.mrc.batch_size) == ("test", True, 512)
-    assert ref.mrc.attack_step_size == ref.attack_step_size == pytest.approx(2 / 225)
+    assert ref.mrc.attack_step_size == pytest.approx(2 / 225)
     assert (ref.trains, ref.patch, ref.attack_runs) == ("weight", "changed", 3)
     assert ref.train == {"crop_padding": 4, "crop_fill": "reflect", "flip": True,
                          "frozen_mode": "train"}  # fmt: skip
