@@ -133,6 +133,26 @@ class BaseMismatchError(IntegrityError):
         )
 
 
+class BaseDtypeMismatchError(BaseMismatchError):
+    """The target tensor is in another dtype than the base the patch was extracted against (and,
+    where it was checked, differs from that base even cast back to the base's dtype)."""
+
+    def __init__(
+        self, where: str, tensor: str, expected: str, found: str, *, dtype: str, base_dtype: str
+    ) -> None:
+        super().__init__(where, tensor, expected, found)
+        self.dtype, self.base_dtype = dtype, base_dtype
+        cast = {"float16": ".half()", "bfloat16": ".bfloat16()", "float32": ".float()"}
+        cast_to = cast.get(dtype, f".to(torch.{dtype})")
+        IntegrityError.__init__(
+            self,
+            f"{where}: tensor {tensor!r}: base is {dtype}, the patch was taken on {base_dtype} "
+            f"(sha256 {found[:12]}… != {expected[:12]}…); apply "
+            f"the patch to the {base_dtype} model before casting it (rws.apply(model, patch), then "
+            f"model{cast_to}), or pass --force (force=True) to apply it to the {dtype} weights anyway",
+        )
+
+
 class NonFiniteError(IntegrityError):
     """NaN or Inf in a delta or in a patched result."""
 

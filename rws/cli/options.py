@@ -178,6 +178,15 @@ IncludeOpt = Annotated[
 ExcludeOpt = Annotated[
     list[str] | None, typer.Option("--exclude", help="Tensor-name glob to drop (repeatable).")
 ]
+OrderFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--order-from",
+        help="Layer order for --shallow/--energy/--layers: an arch (its forward pass; see "
+        "rws list models), a checkpoint in definition order, or a JSON list of names.",
+        metavar="<ARCH|FILE>",
+    ),
+]
 NameOpt = Annotated[str, typer.Option(help="Patch name stored in its metadata.")]
 TagOpt = Annotated[list[str] | None, typer.Option(help="key=value label (repeatable).")]
 DescriptionOpt = Annotated[str, typer.Option(help="Free text stored in the metadata.")]

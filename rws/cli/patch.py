@@ -24,6 +24,7 @@ from rws.cli.options import (
     MaybeDataOpt,
     MethodOpt,
     NameOpt,
+    OrderFromOpt,
     OutputOpt,
     PlotOpt,
     RunningStatsOpt,
@@ -59,11 +60,23 @@ from rws.methods import method_options
 from rws.methods.extract import layer_deltas
 from rws.patching.describe import describe
 from rws.patching.files import apply_file, remove_file
+from rws.patching.order import GUESSED
 from rws.patching.patch import Patch, load
 from rws.patching.patch import compose as compose_patches
 from rws.recipes.compose import compose as compose_searched
 from rws.recipes.extract import extract as extract_searched
 from rws.training.recalibrate import apply_and_recalibrate
+
+#: ``-o`` of apply and remove: a string, so that ``out/`` still says "a folder".
+CheckpointOutputOpt = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output file; for a checkpoint folder, a folder of the same layout (unless it ends "
+        "in .safetensors). Written atomically.",
+    ),
+]
 
 
 def load_patch_args(specs: list[str]) -> list[tuple[Patch, float | None]]:
@@ -104,6 +117,7 @@ def extract(
         float | None, typer.Option(help="Keep the shallowest layers holding this energy share.")
     ] = None,
     running_stats: RunningStatsOpt = False,
+    order_from: OrderFromOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     name: NameOpt = "",
@@ -124,6 +138,11 @@ def extract(
     Interpolation (α given, or chosen on --data): rws extract --method interpolation --alpha auto
     --data digits --arch small-cnn at.safetensors tuned.safetensors -o wise.safetensors
 
+    Layer order (what --shallow/--energy/--layers count from the input): the forward pass of
+    --arch, or of the arch the checkpoints record; else the storage order, guessed from the names
+    when the file stores them sorted (safetensors.save_file, Hub uploads): then give
+    --order-from resnet20 or --order-from definition-order.pt / names.json.
+
     RiFT is its own command: rws rift.
     """
     check_output_path(output, [base, *tuned, *([origin] if origin else [])])
@@ -141,8 +160,8 @@ def extract(
         base, tuned[0], method=method, alpha=a,
         **({} if method == "interpolation" else {"options": options}), layers=layers, data=data,
         arch=arch, device=device, progress=True, search=search, codec=codec, blocksize=blocksize,
-        shallow=shallow, energy=energy, running_stats=running_stats, include=include,
-        exclude=exclude, name=name, description=description, tags=parse_tags(tag),
+        shallow=shallow, energy=energy, running_stats=running_stats, order=order_from,
+        include=include, exclude=exclude, name=name, description=description, tags=parse_tags(tag),
     )  # fmt: skip
     patch.save(output)
     _render_extract(patch, output, plot)
@@ -150,6 +169,13 @@ def extract(
 
 def _render_extract(patch: Patch, output: Path, plot: Path | None) -> None:
     render_operating_point(patch, plot)
+    selection = patch.provenance.get("selection", {})
+    by_depth = selection.get("shallow") is not None or selection.get("energy") is not None
+    if by_depth and selection.get("order", {}).get("source") == GUESSED:
+        err.print(
+            "note: the layer order was guessed from the tensor names (the base file stores them "
+            "sorted); give --arch or --order-from ARCH_OR_FILE to take it from the model"
+        )
     if patch.kind == "rws" and not patch.provenance.get("projection", True):
         err.print(
             "note: no --origin: the signature is the plain delta TUNED − BASE (no projection)"
@@ -158,9 +184,9 @@ def _render_extract(patch: Patch, output: Path, plot: Path | None) -> None:
 
 
 def apply(
-    base: Annotated[str, typer.Argument(help="Checkpoint to patch.")],
+    base: Annotated[str, typer.Argument(help="Checkpoint to patch (a file or a folder).")],
     patches: Annotated[list[str], typer.Argument(help="Patch files, each optionally PATH:α.")],
-    output: OutputOpt,
+    output: CheckpointOutputOpt,
     force: ForceOpt = False,
     clamp_var: Annotated[
         bool, typer.Option("--clamp-var", help="Clamp BN running variances at 0.")
@@ -181,6 +207,10 @@ def apply(
     (1−α)·patched + α·re-estimated statistics, α being the patch's.
 
     Example: rws apply clean.safetensors fog.rws.safetensors:0.8 snow.rws.safetensors -o out.safetensors
+
+    A Hugging Face folder (sharded, or one model.safetensors) gives a folder of the same layout:
+    rws apply llm/ fog.rws.safetensors -o llm-fog/ (shards, index, config.json and the other small
+    files; -o x.safetensors merges it into one file instead).
     """
     items = _with_alpha(patches)
     if recalibrate_bn is None:
@@ -203,7 +233,7 @@ def apply(
 def remove(
     patched: Annotated[str, typer.Argument(help="Checkpoint written by `rws apply`.")],
     patches: Annotated[list[str], typer.Argument(help="Patches to take off, each PATH[:α].")],
-    output: OutputOpt,
+    output: CheckpointOutputOpt,
     force: Annotated[
         bool, typer.Option("--force", help="Subtract even if not in the applied stack.")
     ] = False,

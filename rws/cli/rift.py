@@ -27,12 +27,12 @@ from rws.cli.options import (
 )
 from rws.cli.render import alpha_table, mrc_table
 from rws.data import ImageDataset, load_dataset
-from rws.errors import OutputPathError
+from rws.errors import OutputPathError, UsageError
 from rws.io.atomic import write_atomic
 from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
 from rws.models import load_model
-from rws.recipes.alpha import AlphaSettings
+from rws.recipes.alpha import DEFAULT_REFINE, AlphaSettings
 from rws.recipes.criticality import MrcSettings, mrc
 from rws.recipes.plots import plot_alpha_curve, plot_mrc
 from rws.recipes.rift import RIFT_RECIPES, rift, rift_recipe, rift_train_config
@@ -124,6 +124,14 @@ def mrc_command(
         out.print(f"wrote {plot}", markup=False)
 
 
+def _grid(text: str) -> tuple[float, ...]:
+    """``--grid 0.5,1`` → (0.5, 1.0); a bad entry is a one-line usage error."""
+    try:
+        return tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise UsageError(f"--grid must be numbers separated by commas, got {text!r}") from None
+
+
 def rift_command(
     arch: ArchOpt,
     weights: AtWeightsOpt,
@@ -149,6 +157,13 @@ def rift_command(
         int | None, typer.Option(help="MRC: first N examples of the recipe's split (default all).")
     ] = None,
     recipe: RecipeOpt = "rws",
+    grid: Annotated[
+        str,
+        typer.Option(help="α values the search measures, comma-separated (0 is always added)."),
+    ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    refine: Annotated[
+        float, typer.Option(help="Step of the refinement around the grid's choice (0: none).")
+    ] = DEFAULT_REFINE,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     work_dir: Annotated[
@@ -166,7 +181,8 @@ def rift_command(
     rec = rift_recipe(recipe)
     ms = _mrc_settings(recipe, None, eps_ratio=eps_ratio, passes=passes, attack_eps=eps,
                        attack_steps=steps, n_examples=n_examples, seed=seed)  # fmt: skip
-    alpha = AlphaSettings(criterion=criterion, max_robust_drop=max_robust_drop,
+    alpha = AlphaSettings(grid=_grid(grid), refine=refine, criterion=criterion,
+                          max_robust_drop=max_robust_drop,
                           corruptions=parse_corruptions(corruptions), attack_eps=ms.attack_eps,
                           attack_steps=steps, seed=seed, copy="cycled",
                           attack_step_size=ms.attack_step_size, attack_runs=rec.attack_runs)  # fmt: skip

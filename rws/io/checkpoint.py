@@ -1,8 +1,17 @@
 """Reading checkpoints one tensor at a time, whatever their container.
 
-Sources: ``.safetensors`` files (positioned reads, see ``TensorFile``), Hugging Face sharded folders
-(``model.safetensors.index.json``), pickled ``.pt/.pth/.bin`` files
-(``torch.load(weights_only=True)``, never anything looser), in-memory state dicts and ``nn.Module``s.
+The container is told from the file's bytes (:mod:`rws.io.sniff`), the name only where they are
+ambiguous: safetensors files (positioned reads, see ``TensorFile``), Hugging Face sharded folders
+(``model.safetensors.index.json``), ``torch.save`` files, zip or legacy pickle, whatever their
+suffix (timm's ``checkpoint-3.pth.tar``), loaded with ``torch.load(weights_only=True)`` and never
+anything looser, in-memory state dicts and ``nn.Module``\\ s. A JSON file or unknown bytes are
+refused in one line that says what the file is.
+
+Training checkpoints are unwrapped to their weights: the first of :data:`rws.io.unwrap.WRAPPER_KEYS` holding a
+state dict (``{"state_dict": …, "optimizer": …, "epoch": …}``, nested up to twice), then the
+wrapper prefixes ``module.`` (DataParallel, DDP) and ``_orig_mod.`` (``torch.compile``) when every
+name has them; live modules are taken out of those wrappers. What was done is listed in
+:attr:`Checkpoint.unwrapped` and logged.
 """
 
 from __future__ import annotations
@@ -10,29 +19,40 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import struct
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 from torch import nn
 
-from rws.errors import CheckpointError, InputFileError, OutputPathError, UnsafeInputError
+from rws.errors import CheckpointError, InputFileError, OutputPathError
+from rws.io.atomic import is_folder_path
 from rws.io.hashing import file_sha256
 from rws.io.hub_fetch import resolve_path
 from rws.io.hub_ref import hub_reference
+from rws.io.pickled import load_pickle
 from rws.io.safetensors_read import TensorFile
+from rws.io.sniff import (
+    EMPTY,
+    JSON,
+    LFS,
+    SAFETENSORS,
+    TORCH,
+    other_format,
+    read_head,
+    show_head,
+    sniff,
+)
+from rws.io.unwrap import find_state_dict, strip_prefixes, unwrap_module
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007 (a runtime alias)
 Source = Union[PathLike, nn.Module, Mapping[str, torch.Tensor], "Checkpoint"]
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SAFE_TORCH = (2, 10)
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # usual names only: the bytes decide (sniff)
+MAX_JSON_SNIFF = 16 << 20  # a JSON file read to tell a safetensors index
 
 
 def is_integer_dtype(dtype: torch.dtype) -> bool:
@@ -41,10 +61,15 @@ def is_integer_dtype(dtype: torch.dtype) -> bool:
 
 
 class Checkpoint:
-    """A read-only mapping of tensor names to tensors, loaded lazily where the container allows."""
+    """A read-only mapping of tensor names to tensors, loaded lazily where the container allows.
+
+    ``unwrapped`` lists what was taken off to reach the weights, e.g.
+    ``["key 'state_dict'", "prefix 'module.'"]`` (empty when nothing was).
+    """
 
     path: str
     metadata: dict[str, str]
+    unwrapped: list[str]
 
     def keys(self) -> list[str]:
         """Tensor names in storage (definition) order."""
@@ -98,13 +123,22 @@ class Checkpoint:
 class MemoryCheckpoint(Checkpoint):
     """A checkpoint over an in-memory state dict (or a module's ``state_dict()``)."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], path: str = "<memory>") -> None:
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        path: str = "<memory>",
+        unwrapped: Iterable[str] = (),
+    ) -> None:
         self.path = path
         self.metadata = {}
+        self.unwrapped = list(unwrapped)
         self._t = dict(tensors)
 
     def keys(self) -> list[str]:
         return list(self._t)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._t
 
     def get(self, name: str) -> torch.Tensor:
         return self._t[name]
@@ -117,20 +151,23 @@ class MemoryCheckpoint(Checkpoint):
 
 
 class SafetensorsCheckpoint(Checkpoint):
-    """One or more safetensors files (a sharded folder is read through its index)."""
+    """One or more safetensors files (a sharded folder is read through its index); wrapper
+    prefixes on every name are stripped (see :func:`strip_prefixes`)."""
 
     def __init__(self, path: PathLike, files: dict[str, list[str]] | None = None) -> None:
         self.path = os.fspath(path)
         self._files = list(files) if files is not None else [self.path]
-        self._where: dict[str, TensorFile] = {}
+        stored: dict[str, TensorFile] = {}
         self.metadata = {}
         for file in self._files:
             tf = TensorFile(file)
             self.metadata.update(tf.metadata)
             for name in tf:
-                if name in self._where:
+                if name in stored:
                     raise CheckpointError(file, f"tensor {name!r} appears in two shards")
-                self._where[name] = tf
+                stored[name] = tf
+        cut, self.unwrapped = strip_prefixes(stored)
+        self._where = {name[len(cut) :]: (tf, name) for name, tf in stored.items()}
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -139,103 +176,72 @@ class SafetensorsCheckpoint(Checkpoint):
         return name in self._where
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._where[name].shape(name)
+        tf, stored = self._where[name]
+        return tf.shape(stored)
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._where[name].dtype(name)
+        tf, stored = self._where[name]
+        return tf.dtype(stored)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._where[name].get(name)
+        tf, stored = self._where[name]
+        return tf.get(stored)
+
+    def stored_name(self, name: str) -> str:
+        """The name a tensor has in the file (with the wrapper prefixes that were stripped)."""
+        return self._where[name][1]
 
     def files(self) -> list[str]:
         """The files this checkpoint reads."""
         return list(self._files)
 
     def close(self) -> None:
-        for tf in set(self._where.values()):
+        for tf in {id(tf): tf for tf, _ in self._where.values()}.values():
             tf.close()
 
 
 class PickleCheckpoint(MemoryCheckpoint):
-    """A pickled state dict loaded with ``torch.load(weights_only=True)``."""
+    """A ``torch.save`` file (zip or legacy pickle) loaded with ``torch.load(weights_only=True)``,
+    unwrapped to its weights (:func:`rws.io.unwrap.find_state_dict`)."""
 
     def __init__(self, path: PathLike) -> None:
         p = os.fspath(path)
-        if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < SAFE_TORCH:
-            raise UnsafeInputError(
-                p, f"torch {torch.__version__} cannot load pickles safely; use torch >= 2.10"
-            )
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            detail = _unpickling_detail(err)
-            if "global" in detail.lower():  # torch names the blocked import: code, not data
-                raise UnsafeInputError(
-                    p, f"refused: the pickle needs more than plain tensors ({detail})"
-                ) from None
-            raise CheckpointError(p, f"not a readable torch checkpoint ({detail})") from None
-        except (RuntimeError, EOFError, IndexError, ValueError, struct.error, OSError) as err:
-            raise CheckpointError(p, f"not a readable torch checkpoint ({_oneline(err)})") from None
-        super().__init__(_unwrap_state_dict(obj, p), path=p)
-
-
-def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    for key in WRAPPER_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict")
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise CheckpointError(
-                path, f"entry {k!r} is a {type(v).__name__}, not a tensor: not a flat state dict"
-            )
-        out[k] = v
-    if out and all(k.startswith("module.") for k in out):  # saved from DataParallel / DDP
-        out = {k[len("module.") :]: v for k, v in out.items()}
-    return out
-
-
-def _unpickling_detail(err: BaseException) -> str:
-    """The informative line of torch's multi-paragraph ``weights_only`` error."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    boiler = ("Please file an issue", "Check the documentation", "WeightsUnpickler error")
-    detail = [ln for ln in lines[1:] if not ln.startswith(boiler)]
-    return (detail[0] if detail else lines[0] if lines else type(err).__name__)[:200]
-
-
-def _oneline(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200] or type(err).__name__
+        tensors, unwrapped = find_state_dict(load_pickle(p), p)
+        super().__init__(tensors, path=p, unwrapped=unwrapped)
 
 
 def open_checkpoint(source: Source) -> Checkpoint:
-    """Open any supported checkpoint source lazily.
+    """Open any supported checkpoint source lazily, unwrapped to its weights.
 
     Args:
-        source: a path (``.safetensors``, sharded folder, ``.pt/.pth/.bin/.ckpt``), an
-            ``nn.Module``, a state dict, or an already open :class:`Checkpoint`.
+        source: a path (a safetensors file, a sharded folder, a ``torch.save`` file: told by its
+            bytes), an ``nn.Module`` (wrappers taken off), a state dict or training checkpoint
+            dict, or an already open :class:`Checkpoint`.
 
     Raises:
         InputFileError: the path does not exist or cannot be read.
-        CheckpointError: the file is not a readable checkpoint.
+        CheckpointError: the file is not a readable checkpoint (JSON, unknown bytes …).
         UnsafeInputError: a pickle that ``weights_only`` loading refuses.
     """
     if isinstance(source, Checkpoint):
         return source
     if isinstance(source, nn.Module):
-        return MemoryCheckpoint(source.state_dict(), path=f"<{type(source).__name__}>")
+        inner, notes = unwrap_module(source)
+        ck: Checkpoint = MemoryCheckpoint(
+            inner.state_dict(), path=f"<{type(inner).__name__}>", unwrapped=notes
+        )
+        return _logged(ck)
     if isinstance(source, Mapping):
-        return MemoryCheckpoint(source)
+        tensors, notes = find_state_dict(source, "<memory>")
+        return _logged(MemoryCheckpoint(tensors, unwrapped=notes))
     path = Path(resolve_path(source))  # hf:// references: fetched through the Hugging Face cache
     if path.is_dir():
         index = path / "model.safetensors.index.json"
         single = path / "model.safetensors"
         if index.is_file():
-            return SafetensorsCheckpoint(path, _shards(index))
+            return _logged(SafetensorsCheckpoint(path, _shards(index)))
         if single.is_file():
-            return SafetensorsCheckpoint(single)
+            return _logged(SafetensorsCheckpoint(single))
         raise InputFileError(
             path, "folder has no model.safetensors or model.safetensors.index.json"
         )
@@ -243,9 +249,58 @@ def open_checkpoint(source: Source) -> Checkpoint:
         raise InputFileError(path, "no such file")
     if not os.access(path, os.R_OK):
         raise InputFileError(path, "permission denied")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    return _logged(_open_file(path))
+
+
+def _open_file(path: Path) -> Checkpoint:
+    """Open a file by what its bytes are; its suffix decides only where they are ambiguous."""
+    try:
+        head, size = read_head(path)
+    except OSError as err:
+        raise InputFileError(path, f"cannot read ({err.strerror or err})") from None
+    kind = sniff(head, size)
+    if kind in TORCH:
         return PickleCheckpoint(path)
-    return SafetensorsCheckpoint(path)
+    if kind == SAFETENSORS:
+        return SafetensorsCheckpoint(path)
+    if kind == EMPTY:
+        raise CheckpointError(path, "the file is empty (0 bytes)")
+    if kind == LFS:
+        raise CheckpointError(path, "this is a Git LFS pointer, not weights; run `git lfs pull`")
+    if kind == JSON:
+        raise CheckpointError(
+            path, "this is a JSON file, not a checkpoint" + _json_hint(path, size)
+        )
+    what = other_format(head)
+    if what is not None:
+        raise CheckpointError(
+            path, f"this is {what}, not a checkpoint (it starts with {show_head(head)})"
+        )
+    if path.suffix.lower() == ".safetensors" or head[8:9] == b"{":  # damaged: read_header says how
+        return SafetensorsCheckpoint(path)
+    raise CheckpointError(
+        path,
+        "not a checkpoint: neither safetensors nor a torch.save zip or pickle "
+        f"(it starts with {show_head(head)})",
+    )
+
+
+def _json_hint(path: Path, size: int) -> str:
+    if size > MAX_JSON_SNIFF:
+        return ""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return ""
+    if isinstance(data, dict) and "weight_map" in data:
+        return "; it is a safetensors index: give the folder that holds the shards"
+    return ""
+
+
+def _logged(ck: Checkpoint) -> Checkpoint:
+    if ck.unwrapped:
+        logger.info("%s: took the weights from %s", ck.path, ", ".join(ck.unwrapped))
+    return ck
 
 
 def _shards(index: Path) -> dict[str, list[str]]:
@@ -288,19 +343,44 @@ def input_paths(source: Source) -> list[str]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         return [os.path.realpath(f) for f in _shards(index)]
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return [os.path.realpath(path / "model.safetensors")]
     return [os.path.realpath(path)]
 
 
-def check_output_path(output: PathLike, sources: Iterable[Source]) -> str:
-    """Refuse an output path that is one of the inputs or a folder; return it as a string.
+def check_output_path(output: PathLike, sources: Iterable[Source], *, folder: bool = False) -> str:
+    """Refuse an output path that would overwrite an input or is of the wrong kind; return it as
+    a string.
+
+    ``folder``: the output is a folder (written for a checkpoint folder), refused when it is an
+    input folder or lies inside one, is a file, or is a folder that is not empty. Otherwise it is
+    a file, refused when it is a folder or is written as one (``out/``).
 
     Raises:
-        OutputPathError: ``output`` would overwrite an input, or is a folder.
+        OutputPathError: any of the above.
     """
     out = os.path.realpath(output)
+    sources = list(sources)
     for src in sources:
         if out in input_paths(src):
             raise OutputPathError(output, "is also an input; write to another path")
-    if os.path.isdir(out):
-        raise OutputPathError(output, "is a folder; give a file path")
+    if not folder:
+        if is_folder_path(output):
+            raise OutputPathError(output, "is a folder; give a file path")
+        return os.fspath(output)
+    for src in sources:
+        path = src.path if isinstance(src, Checkpoint) else src
+        if not isinstance(path, str | os.PathLike) or not os.path.isdir(path):
+            continue
+        inside = os.path.realpath(path)
+        if out == inside:
+            raise OutputPathError(output, "is the input folder; write to another folder")
+        if out.startswith(inside.rstrip(os.sep) + os.sep):
+            raise OutputPathError(
+                output, f"is inside the input folder {os.fspath(path)}; write it elsewhere"
+            )
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputPathError(output, "is a file; the input is a folder: give a folder path")
+    if os.path.isdir(out) and os.listdir(out):
+        raise OutputPathError(output, "is a folder that is not empty; give a new or empty folder")
     return os.fspath(output)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from rws.errors import MissingTensorError, ShapeMismatchError, UsageError
 from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoint
+from rws.io.unwrap import unwrap_module
 from rws.methods.registry import get_method
 from rws.patching import codecs
+from rws.patching.order import GUESSED, DepthOrder, OrderSpec, resolve_order
 from rws.patching.patch import Patch, encode_deltas, provenance
 from rws.patching.selection import (
     Layer,
@@ -22,6 +27,8 @@ from rws.patching.selection import (
     weights_only,
 )
 from rws.patching.selection import shallow as first_layers
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,14 @@ def _open_pair(
     tuned: Source,
     include: Sequence[str] | None,
     exclude: Sequence[str] | None,
-) -> tuple[Checkpoint, Checkpoint, list[str]]:
+    order: OrderSpec = None,
+) -> tuple[Checkpoint, Checkpoint, list[str], DepthOrder]:
     b, t = open_checkpoint(base), open_checkpoint(tuned)
-    names = candidates(b, include=include, exclude=exclude)
+    live = next((m for m in (base, tuned) if isinstance(m, nn.Module)), None)
+    if live is not None:  # the model inside torch.compile / DataParallel: no compiled pass
+        live = unwrap_module(live)[0]
+    depth = resolve_order(order, b, live)
+    names = candidates(b, include=include, exclude=exclude, order=depth)
     for n in names:
         if n not in t:
             raise MissingTensorError(n, t.path, f"it is in {b.path}: not the same architecture")
@@ -84,7 +96,29 @@ def _open_pair(
             raise ShapeMismatchError(n, b.shape(n), t.shape(n))
     if not names:
         raise UsageError("no tensor matches the --include/--exclude patterns")
-    return b, t, names
+    return b, t, names, depth
+
+
+def order_facts(order: DepthOrder, layers: Sequence[Layer], names: Sequence[str]) -> dict[str, Any]:
+    """The provenance of a depth order: how it was obtained, the layers in it, and the selectable
+    tensors it could not place (kept last)."""
+    facts: dict[str, Any] = {"source": order.source, "layers": [la.name for la in layers]}
+    missing = order.missing(names)
+    if missing:
+        facts["unplaced"] = missing
+    return facts
+
+
+def warn_guessed(source: str, base: Any) -> None:
+    """Log that a depth selection rests on an order (its provenance ``source``) guessed from sorted
+    names in ``base`` (a path or a provenance record)."""
+    if source == GUESSED:
+        path = base.get("path", "the base") if isinstance(base, Mapping) else base
+        logger.warning(
+            "%s stores its tensor names sorted: the depth order is guessed from the names and "
+            "may pick the wrong layers; give the model (order=…, --arch, --order-from)",
+            path,
+        )
 
 
 def layer_deltas(
@@ -94,6 +128,7 @@ def layer_deltas(
     method: str = "delta",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    order: OrderSpec = None,
     options: Any = None,
     **method_options: Any,
 ) -> list[LayerDelta]:
@@ -104,13 +139,14 @@ def layer_deltas(
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
         method: a registered method; ``options`` (its options dataclass) or keywords configure it.
         include, exclude: tensor-name globs.
+        order: the depth order (see :func:`extract`).
 
     Returns:
         One :class:`LayerDelta` per layer, shallowest first.
     """
     m = get_method(method)
     opts = m.resolve_options(options, method_options)
-    b, t, names = _open_pair(base, tuned, include, exclude)
+    b, t, names, _ = _open_pair(base, tuned, include, exclude, order)
     delta_of, _ = m.prepare(b, t, opts)
     layers = group_layers(names, b.shape)
     energy = {n: relative_energy(delta_of(n), b.get(n)) for n in names}
@@ -137,6 +173,7 @@ def extract(
     running_stats: bool = False,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    order: OrderSpec = None,
     name: str = "",
     description: str = "",
     tags: Mapping[str, str] | None = None,
@@ -158,6 +195,12 @@ def extract(
         running_stats: count running statistics in ``energy``'s selection.
         include, exclude: tensor-name globs applied before layer selection (and before the
             fixed tensors a method adds, e.g. ``bn="replace-all"``'s BatchNorm tensors).
+        order: the depth order ``shallow`` and ``energy`` count in: a model (its forward pass,
+            :func:`rws.patching.order.forward_order`), a :class:`~rws.patching.order.DepthOrder`,
+            an order file (a checkpoint in definition order or a JSON list of names) or a list
+            of names. Default: the forward pass of ``base`` (or ``tuned``) when it is a module,
+            else the storage order, or a guess from the names when the file stores them sorted
+            (logged as a warning). Recorded in ``provenance["selection"]["order"]``.
         name, description, tags: labels stored in the patch metadata.
         options: the method's options dataclass (e.g. ``RwsOptions(origin=w0)``); or give them
             as keywords (``origin=w0``), not both.
@@ -177,10 +220,13 @@ def extract(
     blockwise = codecs.get_codec(codec).blockwise
     m = get_method(method)
     opts = m.resolve_options(options, method_options)
-    b, t, names = _open_pair(base, tuned, include, exclude)
+    b, t, names, depth = _open_pair(base, tuned, include, exclude, order)
     delta_of, facts = m.prepare(b, t, opts)
     fixed = set(facts.pop("fixed", ())) & set(names)
     layers = group_layers(names, b.shape)
+    ordered = order_facts(depth, layers, names)
+    if shallow is not None or energy is not None:
+        warn_guessed(depth.source, b.path)
     if shallow is not None:
         layers = first_layers(layers, shallow)
     elif energy is not None:
@@ -198,6 +244,7 @@ def extract(
     )
     selection = {"include": list(include or []), "exclude": list(exclude or [])}
     selection.update({"shallow": shallow, "energy": energy, "layers": [la.name for la in layers]})
+    selection["order"] = ordered
     if energy is not None and running_stats:
         selection["running_stats"] = True
     return Patch(

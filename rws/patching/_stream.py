@@ -6,11 +6,12 @@ hashed at once (the sha256 base fingerprint is taken of the very bytes read, whi
 cache). A :class:`Patcher`, on one core, patches each run in place
 (:func:`rws.patching.arith.patch_run`: decode, scale, add and cast per run, so no whole-tensor
 float32 intermediate exists), and :class:`~rws.io.safetensors_write.StreamWriter` writes it from
-its own thread into a temp file renamed into place on success. Tensors no patch touches are copied
-by the kernel (``copy_file_range``). Meanwhile the caller's thread may compute the applied stack
-(:func:`stream`'s ``final_stack``). What has no run-wise path (bitsandbytes codecs, float64 or
-running-variance tensors, ``.pt`` inputs, removal) goes through whole tensors, at most ``AHEAD``
-read ahead. Peak memory is a few runs plus a few tensors, not the model.
+its own thread into a temp file renamed into place on success (a folder input: the shards of a
+folder of the same layout, :class:`~rws.io.folder_write.FolderWriter`). Tensors no patch touches
+are copied by the kernel (``copy_file_range``). Meanwhile the caller's thread may compute the
+applied stack (:func:`stream`'s ``final_stack``). What has no run-wise path (bitsandbytes codecs,
+float64 or running-variance tensors, ``.pt`` inputs, removal) goes through whole tensors, at most
+``AHEAD`` read ahead. Peak memory is a few runs plus a few tensors, not the model.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any
 
 import torch
 
-from rws.errors import MissingTensorError, NonFiniteError
+from rws.errors import CheckpointError, MissingTensorError, NonFiniteError
 from rws.io.checkpoint import Checkpoint, SafetensorsCheckpoint, Source, open_checkpoint
+from rws.io.folder_write import FolderWriter
 from rws.io.hashing import tensor_sha256
 from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import StreamWriter
@@ -216,7 +218,7 @@ class Patcher:
         self._name = ""
         self._decoders: list[tuple[DecodeInto, float]] = []
 
-    def run(self, reader: Reader, writer: StreamWriter) -> None:
+    def run(self, reader: Reader, writer: StreamWriter | FolderWriter) -> None:
         """Patch everything the reader yields, on one core (see :func:`_one_core`)."""
         _one_core()
         self._acc = torch.empty(RUN)  # float32 scratch, reused by every run
@@ -296,10 +298,12 @@ def stream(
     clamp_var: bool,
     inverse: bool,
     final_stack: Callable[[], list[dict[str, Any]]] | None = None,
+    folder: str | None = None,
 ) -> tuple[PatchReport, list[dict[str, Any]]]:
     """Stream ``source`` through the patches into ``output``, recording ``stack``; or, with
     ``final_stack``, the stack it returns, computed while the tensors stream (its JSON must be no
-    longer than that of ``stack``, which holds its place in the header meanwhile)."""
+    longer than that of ``stack``, which holds its place in the header meanwhile). With
+    ``folder`` (the folder ``source`` was read from), ``output`` is a folder of the same layout."""
     ck = open_checkpoint(source)
     where = ck.path
     plan = group_by_tensor(items)
@@ -308,21 +312,32 @@ def stream(
             raise MissingTensorError(name, where, "the patch was made for another model")
         check_target(where, name, parts, ck.shape(name), ck.dtype(name))
     spec = {n: (ck.dtype(n), ck.shape(n)) for n in ck}
-    base_meta = {"format": "pt", **ck.metadata}
-    meta = applied_metadata(base_meta, stack)
     patcher = Patcher(where, plan, spec, force=force, clamp_var=clamp_var, inverse=inverse)
     files = tensor_files(ck)
+    writer: StreamWriter | FolderWriter
     try:
+        if folder is None:
+            base_meta = {"format": "pt", **ck.metadata}
+            writer = StreamWriter(output, spec, applied_metadata(base_meta, stack))
+        else:
+            layout, shard_meta = folder_layout(ck, folder, files)
+            metas = {s: applied_metadata(m, stack) for s, m in shard_meta.items()}
+            writer = FolderWriter(output, folder, layout, spec, metas, final=final_stack is None)
         with (
             Reader(ck, files, plan, hashing=not inverse, runs=not inverse) as reader,
-            StreamWriter(output, spec, meta) as writer,
+            writer,
             ThreadPoolExecutor(1, thread_name_prefix="rws-patch") as pool,
         ):
             done = pool.submit(patcher.run, reader, writer)
             try:
                 if final_stack is not None:
                     stack = final_stack()
-                    writer.set_metadata(applied_metadata(base_meta, stack))
+                    if isinstance(writer, FolderWriter):
+                        writer.set_metadata(
+                            {s: applied_metadata(m, stack) for s, m in shard_meta.items()}
+                        )
+                    else:
+                        writer.set_metadata(applied_metadata(base_meta, stack))
                 done.result()
             except BaseException:
                 reader.stop()  # the patcher runs out of items and returns
@@ -337,6 +352,23 @@ def stream(
         report.warnings.append(msg)
         logger.warning(msg)
     return report, stack
+
+
+def folder_layout(
+    ck: Checkpoint, folder: str, files: dict[str, TensorFile]
+) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, str]]]:
+    """Each tensor's shard (relative to ``folder``) and the name stored there, and each shard's
+    metadata (``files``: :func:`tensor_files`, by stored name)."""
+    if not isinstance(ck, SafetensorsCheckpoint):
+        raise CheckpointError(folder, "not a safetensors checkpoint folder")
+    layout, meta = {}, {}
+    for name in ck:
+        stored = ck.stored_name(name)
+        tf = files[stored]
+        shard = os.path.relpath(tf.path, folder)
+        layout[name] = (shard, stored)
+        meta.setdefault(shard, {"format": "pt", **tf.metadata})
+    return layout, meta
 
 
 def non_finite(name: str, parts: Parts, dtype: torch.dtype) -> None:

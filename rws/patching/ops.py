@@ -7,12 +7,18 @@ same sum, ``cast_w(w' − D)`` (:func:`~rws.patching.arith.sub_delta`): it resto
 within one rounding, and bit for bit wherever adding ``D`` dropped no low bits of ``w`` (most
 elements; :mod:`rws.patching.arith` says why no formula recovers the others). The base
 fingerprints recorded in the patch then tell which restored tensors are exact.
+
+A module wrapped by ``torch.compile``, ``DataParallel`` or DDP is patched through the model inside
+(:func:`~rws.io.checkpoint.unwrap_module`), in place in its parameters; a state dict whose keys
+all carry ``module.`` / ``_orig_mod.`` prefixes is matched under them. A target in another dtype
+than the patch's base passes the fingerprint check when it holds the base's values (cast back
+losslessly); otherwise the error names both dtypes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from rws.errors import (
+    BaseDtypeMismatchError,
     BaseMismatchError,
     IntegrityError,
     MissingTensorError,
@@ -29,6 +36,7 @@ from rws.errors import (
 )
 from rws.io.checkpoint import is_integer_dtype
 from rws.io.hashing import tensor_sha256
+from rws.io.unwrap import strip_prefixes, unwrap_module
 from rws.patching.arith import add_delta, all_finite, compute_dtype, sub_delta
 from rws.patching.patch import Patch, as_items
 from rws.patching.tensor import part_weights
@@ -48,6 +56,8 @@ class PatchReport:
     mismatched: list[str] = field(default_factory=list)  # apply: forced past a fingerprint
     inexact: list[str] = field(default_factory=list)  # remove: not restored bit for bit
     warnings: list[str] = field(default_factory=list)
+    # apply: tensors in another dtype than the patch's base that match its fingerprint cast back
+    recast: list[str] = field(default_factory=list)
     operating_point: dict[str, Any] | None = None  # rws.apply(scale="auto"): the search
 
 
@@ -114,19 +124,53 @@ def check_base(
     parts: Sequence[tuple[Patch, float]],
     report: PatchReport,
     force: bool,
+    *,
+    target: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Compare a tensor's sha256 with the base fingerprint each patch recorded for ``name``."""
-    expected = {p.tensors[name].base_sha256 for p, _ in parts} - {None}
+    """Compare a tensor's sha256 with the base fingerprint each patch recorded for ``name``.
+
+    Given the tensor (``target``) in another dtype than a patch's base, it also matches when cast
+    back to the base's dtype losslessly: the same values (counted in ``report.recast``). Given
+    only its ``dtype``, a mismatch across dtypes says so.
+    """
+    expected = {(p.tensors[name].base_sha256, p.tensors[name].dtype) for p, _ in parts}
+    expected = {(e, d) for e, d in expected if e is not None}
     if not expected:
         return
     report.checked += 1
-    bad = sorted(e for e in expected if e != found)
+    dtype = target.dtype if target is not None else dtype
+    have = str(dtype).removeprefix("torch.") if dtype is not None else None
+    bad, recast = [], False
+    for sha, base_dtype in sorted(expected):
+        if sha == found:
+            continue
+        if target is not None and base_dtype != have and _cast_sha256(target, base_dtype) == sha:
+            recast = True
+            continue
+        bad.append((sha, base_dtype))
     if not bad:
         report.exact += 1
+        if recast:
+            report.recast.append(name)
         return
     if not force:
-        raise BaseMismatchError(where, name, bad[0], found)
+        sha, base_dtype = bad[0]
+        if have is not None and base_dtype != have:
+            raise BaseDtypeMismatchError(where, name, sha, found, dtype=have, base_dtype=base_dtype)
+        raise BaseMismatchError(where, name, sha, found)
     report.mismatched.append(name)
+
+
+def _cast_sha256(t: torch.Tensor, dtype: str) -> str | None:
+    """sha256 of ``t`` cast to ``dtype``, or None when the cast loses values (no exact check)."""
+    to = getattr(torch, dtype, None)
+    if not isinstance(to, torch.dtype):
+        return None
+    cast = t.to(to)
+    if not torch.equal(cast.to(t.dtype), t):
+        return None
+    return tensor_sha256(cast)
 
 
 def check_result(name: str, out: torch.Tensor, clamp_var: bool) -> torch.Tensor:
@@ -171,7 +215,7 @@ def patch_tensor(
         check_restored(name, out, parts, report)
     else:
         found = fingerprint() if fingerprint else tensor_sha256(w)
-        check_base(where, name, found, parts, report, force)
+        check_base(where, name, found, parts, report, force, target=w)
     report.touched += 1
     return out
 
@@ -190,28 +234,59 @@ def check_restored(
         report.inexact.append(name)
 
 
-def _state(
-    target: nn.Module | MutableMapping[str, torch.Tensor],
-) -> MutableMapping[str, torch.Tensor]:
-    return target.state_dict() if isinstance(target, nn.Module) else target
+Target = nn.Module | MutableMapping[str, torch.Tensor]
+
+
+def _state(target: Target) -> tuple[MutableMapping[str, torch.Tensor], str]:
+    """The tensors to patch and a label: a module's state dict (its tensors share the parameters'
+    storage), taken out of ``torch.compile`` / ``DataParallel`` / DDP wrappers first."""
+    if not isinstance(target, nn.Module):
+        return target, f"<{type(target).__name__}>"
+    model, unwrapped = unwrap_module(target)
+    if unwrapped:
+        logger.info("patching the wrapped model: took off %s", ", ".join(unwrapped))
+    return model.state_dict(), f"<{type(model).__name__}>"
+
+
+def _keys(
+    state: Mapping[str, torch.Tensor], names: Iterable[str], where: str, *, strict: bool = True
+) -> dict[str, str]:
+    """Each patch tensor name → its key in ``state``: the name itself, else the name under the
+    wrapper prefixes (``module.``, ``_orig_mod.``) that every key of ``state`` has.
+
+    Raises:
+        MissingTensorError: a name is in neither form (unless not ``strict``: then left out).
+    """
+    cut: str | None = None
+    out = {}
+    for name in names:
+        if name not in state:
+            if cut is None:
+                cut = strip_prefixes(state)[0]
+            if not (cut and cut + name in state):
+                if strict:
+                    raise MissingTensorError(name, where, "the patch was made for another model")
+                continue
+            out[name] = cut + name
+        else:
+            out[name] = name
+    return out
 
 
 def _assign(
-    target: nn.Module | MutableMapping[str, torch.Tensor],
-    state: MutableMapping[str, torch.Tensor],
-    values: Mapping[str, torch.Tensor],
+    target: Target, state: MutableMapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]
 ) -> None:
-    """Write values into a module's tensors (in place) or a dict's entries (replaced)."""
+    """Write values (by key) into a module's tensors (in place) or a dict's entries (replaced)."""
     with torch.no_grad():
-        for name, value in values.items():
+        for key, value in values.items():
             if isinstance(target, nn.Module):
-                state[name].copy_(value.to(state[name].device))
+                state[key].copy_(value.to(state[key].device))
             else:
-                state[name] = value
+                state[key] = value
 
 
 def _run(
-    target: nn.Module | MutableMapping[str, torch.Tensor],
+    target: Target,
     patches: Sequence[PatchArg],
     scale: float,
     *,
@@ -219,17 +294,14 @@ def _run(
     clamp_var: bool,
     inverse: bool,
 ) -> PatchReport:
-    state = _state(target)
-    where = f"<{type(target).__name__}>"
+    state, where = _state(target)
     plan = group_by_tensor(as_items(patches), scale)
-    for name in plan:
-        if name not in state:
-            raise MissingTensorError(name, where, "the patch was made for another model")
+    keys = _keys(state, plan, where)
     new: dict[str, torch.Tensor] = {}
     report = PatchReport()
     for name, parts in plan.items():  # compute everything first: nothing changes on error
-        w = state[name].detach()
-        new[name] = patch_tensor(
+        w = state[keys[name]].detach()
+        new[keys[name]] = patch_tensor(
             where, name, w, parts, report, force=force, clamp_var=clamp_var, inverse=inverse
         )
     _assign(target, state, new)
@@ -237,6 +309,14 @@ def _run(
         msg = f"tensor {name!r} differs from the patch's base fingerprint"
         report.warnings.append(msg)
         logger.warning(msg)
+    if report.recast:
+        logger.info(
+            "%s: %d tensor(s) in another dtype than the patch's base match its fingerprint cast "
+            "back (%s)",
+            where,
+            len(report.recast),
+            ", ".join(report.recast[:3]) + (", …" if len(report.recast) > 3 else ""),
+        )
     return report
 
 
@@ -250,11 +330,13 @@ def apply(
     """Add patches to a module or state dict in place: ``w += scale·α·patch.scale·δ``.
 
     Each patch may be a ``Patch`` or ``(Patch, α)``. Everything is checked (names, shapes, base
-    fingerprints, NaN/Inf) before any tensor changes.
+    fingerprints, NaN/Inf) before any tensor changes. A ``torch.compile``d or ``DataParallel`` /
+    DDP module is patched through the model it wraps.
 
     Raises:
-        MissingTensorError, ShapeMismatchError, BaseMismatchError (unless ``force``),
-        NonFiniteError, IntegrityError.
+        MissingTensorError, ShapeMismatchError, NonFiniteError, IntegrityError,
+        BaseMismatchError (unless ``force``; BaseDtypeMismatchError when the target is in
+        another dtype than the patch's base and holds other values).
 
     Example:
         >>> rws.apply(model, patch, scale=0.5)  # doctest: +SKIP
@@ -296,9 +378,10 @@ def patched(
         >>> with rws.patched(model, patch, scale=0.8):  # doctest: +SKIP
         ...     acc = accuracy(model)
     """
-    state = _state(model)
+    state, where = _state(model)
     names = {n for p, _ in as_items(patches) for n in p.tensors}
-    saved = {n: state[n].detach().clone() for n in names if n in state}
+    keys = _keys(state, names, where, strict=False)  # apply raises for a missing one
+    saved = {key: state[key].detach().clone() for key in keys.values()}
     report = apply(model, *patches, scale=scale, force=force, clamp_var=clamp_var)
     try:
         yield report

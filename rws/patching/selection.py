@@ -2,14 +2,14 @@
 
 A *layer* is a module that owns a weight of rank ≥ 2 (a conv or linear), together with its bias
 and the normalisation layers (1-D tensors only, e.g. BatchNorm's weight/bias/running stats) that
-follow it in definition order. Depth order is the checkpoint's storage order, which for PyTorch state dicts is
-the modules' definition order. Integer tensors (``num_batches_tracked``) are never selected.
+follow it in depth order. Depth order comes from the model's forward pass where the model is
+known, else from the checkpoint's storage order (:mod:`rws.patching.order`). Integer tensors
+(``num_batches_tracked``) are never selected.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ import torch
 
 from rws.errors import UsageError
 from rws.io.checkpoint import Checkpoint, is_integer_dtype
+from rws.patching.order import DepthOrder, looks_sorted, natural_key
 
 
 @dataclass(frozen=True)
@@ -57,44 +58,19 @@ def match(
     return [n for n in out if not exclude or not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
 
 
-_NUM = re.compile(r"^(.*?)(\d+)$")
-_NORM = ("bn", "norm", "ln", "gn")
-_BLOCK = ("layer", "block", "stage", "blocks", "layers", "h")
-
-
-def _part_key(part: str) -> tuple[float, int, str]:
-    """Sort key of one dotted name part: its number, then conv/linear < norm < block, then text."""
-    if part.isdigit():
-        return (int(part), 0, "")
-    m = _NUM.match(part)
-    stem, num = (m.group(1), int(m.group(2))) if m else (part, float("inf"))
-    low = stem.lower()
-    role = 2 if low in _BLOCK else 1 if any(low.startswith(n) for n in _NORM) else 0
-    return (num, role, stem)
-
-
-def natural_key(name: str) -> tuple[tuple[float, int, str], ...]:
-    """Heuristic depth key for names stored in alphabetical order (``conv1 < bn1 < layer1 < fc``)."""
-    return tuple(_part_key(p) for p in name.split("."))
-
-
 def depth_order(
     names: Sequence[str], dtype_of: Callable[[str], torch.dtype] | None = None
 ) -> list[str]:
-    """Names in depth order.
+    """Names in depth order, from the names alone.
 
     Storage order is definition order for state dicts, pickles and files rws writes; writers that
     sort names alphabetically (``safetensors.save_file``) lose it, and then a natural ordering of
     the dotted names (numbers numerically; conv/linear before norm before the next block; unnumbered
-    heads such as ``fc`` last) stands in for it.
+    heads such as ``fc`` last) stands in for it. Where the model is known, its forward pass gives
+    the order instead (:mod:`rws.patching.order`).
     """
     names = list(names)
-    groups: dict[object, list[str]] = {}
-    for n in names:  # safetensors groups tensors by dtype, then sorts each group by name
-        groups.setdefault(dtype_of(n) if dtype_of else None, []).append(n)
-    if len(names) > 2 and all(g == sorted(g) for g in groups.values()):
-        return sorted(names, key=natural_key)
-    return names
+    return sorted(names, key=natural_key) if looks_sorted(names, dtype_of) else names
 
 
 def candidates(
@@ -103,9 +79,11 @@ def candidates(
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    order: DepthOrder | None = None,
 ) -> list[str]:
-    """Float tensors of ``base`` matching the globs (and present in ``tuned``, if given)."""
-    ordered = depth_order(base.keys(), base.dtype)
+    """Float tensors of ``base`` matching the globs (and present in ``tuned``, if given), in
+    ``order`` (default: :func:`depth_order` of the names)."""
+    ordered = order.sort(base.keys()) if order else depth_order(base.keys(), base.dtype)
     names = [n for n in ordered if not is_integer_dtype(base.dtype(n))]
     if tuned is not None:
         names = [n for n in names if n in tuned]

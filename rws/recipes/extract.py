@@ -15,6 +15,7 @@ from typing import Any, Literal
 from rws.errors import UsageError
 from rws.io.checkpoint import Source
 from rws.methods.extract import extract as extract_patch
+from rws.methods.extract import warn_guessed
 from rws.patching.patch import Patch
 from rws.recipes.alpha import DEFAULT_GRID, DEFAULT_REFINE, AlphaSettings, parse_criterion
 from rws.recipes.interpolation import interpolate
@@ -25,6 +26,7 @@ from rws.recipes.operating_point import (
     search_operating_point,
     with_operating_point,
 )
+from rws.recipes.order import extraction_order
 from rws.recipes.validation import validation_split
 from rws.runtime.device import on_device
 
@@ -106,11 +108,16 @@ def extract(
         layers: (auto) ``"auto"`` also chooses how many shallow layers to keep, jointly with α.
         data: (auto) a dataset spec (``"digits"``, ``"folder:DIR"`` …: its validation split), an
             ``(x, y)`` pair or a DataLoader.
-        arch: (auto) the architecture, when ``base`` is a checkpoint file.
+        arch: the architecture, when ``base`` is a checkpoint file: its forward pass gives the
+            depth order ``shallow``/``energy``/``layers`` count in (unless ``order`` is given),
+            and (auto) the search builds it.
         device, progress: where the search evaluates; a progress bar.
         search: (auto) keywords of :func:`search_settings`: ``corruptions``, ``criterion``,
             ``max_clean_drop``, ``max_robust_drop``, ``grid``, ``refine``, ``severity`` …
-        options: :func:`rws.methods.extract.extract`'s (codec, shallow, origin, name, tags …).
+        options: :func:`rws.methods.extract.extract`'s (codec, shallow, origin, order, name,
+            tags …); ``order`` may also name an architecture (its forward pass), and without it
+            the order comes from ``arch`` or the arch the checkpoints record
+            (:func:`rws.recipes.order.extraction_order`).
             Search keywords given here directly are taken as ``search`` ones.
 
     Returns:
@@ -129,6 +136,7 @@ def extract(
     search = dict(search or {})
     for key in _SEARCH_KEYS & options.keys():
         search[key] = options.pop(key)
+    options["order"] = extraction_order(options.get("order"), base, tuned, arch)
     if method == "interpolation":
         return interpolate(base, tuned, alpha=alpha, data=data, arch=arch, device=device,
                            progress=progress, **search, **options)  # fmt: skip
@@ -147,6 +155,8 @@ def extract(
         return patch.replace(scale=float(alpha), provenance={**prov, "alpha": float(alpha)})
     split = validation_split(data)  # before the extraction: no data fails fast
     patch = extract_patch(base, tuned, method=method, **options)
+    if layers == "auto":
+        warn_guessed(patch.provenance["selection"]["order"]["source"], patch.provenance["base"])
     settings = search_settings(patch, **search)
     model = model_for(base, arch, split)
     with on_device(model, device):

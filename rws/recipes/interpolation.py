@@ -14,6 +14,7 @@ from rws.methods.extract import extract
 from rws.patching.patch import Patch
 from rws.recipes.alpha import DEFAULT_GRID, DEFAULT_REFINE, AlphaSettings, parse_criterion
 from rws.recipes.operating_point import model_for, search_operating_point, with_operating_point
+from rws.recipes.order import extraction_order
 from rws.recipes.validation import validation_split
 from rws.robustness.corruptions import CORRUPTIONS
 from rws.runtime.device import on_device
@@ -47,7 +48,8 @@ def interpolate(
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
         alpha: a number, None (1), or ``"auto"`` to choose it on ``data``'s validation split.
         data: (auto) a dataset spec such as ``"digits"``, an ``(x, y)`` pair or a DataLoader.
-        arch: (auto, when ``base`` is not an ``nn.Module``) the architecture to build.
+        arch: (when ``base`` is not an ``nn.Module``) the architecture: its forward pass gives the
+            depth order ``shallow``/``energy`` count in; (auto) the search builds it.
         criterion: (auto) ``clean``, ``corrupted``, ``robust`` or a weighted sum such as
             ``clean=1,corrupted=1`` (:func:`rws.recipes.alpha.parse_criterion`).
         grid, refine: (auto) α values (default 0, 0.1, …, 1) and the refinement step.
@@ -70,6 +72,7 @@ def interpolate(
         >>> p = rws.interpolate(at_model, tuned_model, alpha="auto", data="digits",
         ...                     criterion="clean", max_robust_drop=1.0)  # doctest: +SKIP
     """
+    extract_options["order"] = extraction_order(extract_options.get("order"), base, tuned, arch)
     if alpha != "auto":
         patch = extract(base, tuned, method="interpolation", alpha=alpha, **extract_options)
         return patch.replace(provenance={**patch.provenance, "operating_point": None})

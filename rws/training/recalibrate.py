@@ -101,7 +101,7 @@ def apply_and_recalibrate(
     Args:
         base: the checkpoint to patch.
         patches: patches, or ``(patch, α)`` pairs.
-        output: the ``.safetensors`` file to write.
+        output: the ``.safetensors`` file to write (one file, from a checkpoint folder too).
         arch: the model the checkpoint loads into (required; None is a usage error).
         data, severity, seed: the recalibration data, the severity (or range) of its
             corruptions, and the seed of their draws.
@@ -133,7 +133,7 @@ def apply_and_recalibrate(
     check_output_path(output, [base, *[p.source for p, _ in items if p.source]])
     tags = [p.tags["corruption"] for p, _ in items if "corruption" in p.tags]
     with atomic_output(output) as tmp:  # both steps or nothing
-        res = apply_file(base, items, tmp, force=force, clamp_var=clamp_var)
+        res = apply_file(base, items, tmp, force=force, clamp_var=clamp_var, folder=False)
         info = recalibrate_file(tmp, tmp, arch=arch, data=data, corruptions=tags,
                                 severity=severity, seed=seed, label=f"{base} + patches",
                                 mix=mix)  # fmt: skip

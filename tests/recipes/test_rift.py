@@ -91,7 +91,8 @@ def test_rift_patch_reproduces_its_curve(at: tuple, small: ImageDataset, tmp_pat
     model, _ = at
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ms = MrcSettings(passes=2, attack_steps=3, n_examples=128, batch_size=64)
-    alpha = AlphaSettings(grid=(0.5, 1.0), attack_steps=3, max_robust_drop=2, copy="cycled")
+    alpha = AlphaSettings(grid=(0.5, 1.0), refine=0, attack_steps=3, max_robust_drop=2,
+                          copy="cycled")  # fmt: skip
     res = rift(model, small, mrc_settings=ms, train_config=rift_train_config(epochs=2, lr=0.01),
                alpha_settings=alpha, device="cpu", work_dir=tmp_path)  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -137,7 +138,8 @@ def test_cli_advtrain_mrc_rift(at_files: Path) -> None:
     assert code == 0, err
     table = json.loads((f / "mrc.json").read_text())
     assert table["least_critical"] in out and (f / "mrc.png").stat().st_size > 1000
-    code, out, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+    code, out, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors", "--grid", "0.5,1",
+                         "--refine", "0",
                          "--passes", "1", "--steps", "2", "--n-examples", "96", "--epochs", "1",
                          "--corruptions", "fog,gaussian_noise", "--plot", f / "alpha.png",
                          "-o", f / "rift.safetensors")  # fmt: skip
@@ -146,7 +148,9 @@ def test_cli_advtrain_mrc_rift(at_files: Path) -> None:
     assert p.kind == "rift" and f"α = {p.scale:g}" in out
     assert p.provenance["base"]["path"] == "at.safetensors"
     assert not math.isnan(p.provenance["alpha_curve"]["points"][0]["corrupted"])
-    code, _, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+    assert [pt["alpha"] for pt in p.provenance["alpha_curve"]["points"]] == [0.0, 0.5, 1.0]
+    code, _, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors", "--grid", "0.5,1",
+                         "--refine", "0",
                        "--module", "conv9", "--passes", "1", "--steps", "1", "--n-examples", "32",
                        "-o", f / "bad.safetensors")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "conv9" in err
@@ -157,7 +161,8 @@ def test_cli_advtrain_mrc_rift(at_files: Path) -> None:
     assert code == 0, err
     ref = json.loads((f / "mrc-ref.json").read_text())["settings"]
     assert (ref["split"], ref["shuffle"], ref["batch_size"]) == ("test", True, 512)
-    code, out, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+    code, out, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors", "--grid", "0.5,1",
+                         "--refine", "0",
                          "--recipe", "reference", "--passes", "1", "--steps", "1",
                          "--n-examples", "64", "--epochs", "1", "--corruptions", "none",
                          "-o", f / "rift-ref.safetensors")  # fmt: skip
@@ -167,7 +172,8 @@ def test_cli_advtrain_mrc_rift(at_files: Path) -> None:
     assert p.provenance["recipe"] == "reference" and p.provenance["attack"]["runs"] == 3
     assert any(n.endswith("running_var") and not n.startswith(p.provenance["module"])
                for n in p.tensors)  # fmt: skip
-    code, _, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors",
+    code, _, err = run("rift", "--arch", "small-cnn", "--weights", f / "at.safetensors", "--grid", "0.5,1",
+                         "--refine", "0",
                        "--recipe", "paper", "-o", f / "bad.safetensors")  # fmt: skip
     assert code == 2 and "reference" in err and not (f / "bad.safetensors").exists()
 
