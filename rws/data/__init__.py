@@ -12,10 +12,12 @@ from rws.data.cifar import load_cifar, load_cifar10, load_cifar100
 from rws.data.cifar_c import cifar_c_corruptions, load_cifar_c
 from rws.data.digits import load_digits
 from rws.data.folder import load_image_folder
+from rws.data.imagenet_c import imagenet_c_corruptions, load_imagenet_c, load_imagenet_c_clean
 from rws.data.types import ImageDataset, Split
 from rws.errors import InputFileError, UnknownNameError, UsageError
 
 DATASET_SPECS = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
+RELEASED_SPECS = ("cifar10c:DIR", "cifar100c:DIR", "imagenet-c:DIR")
 
 
 def load_dataset(spec: str, *, size: int | None = None) -> ImageDataset:
@@ -52,9 +54,11 @@ def load_dataset(spec: str, *, size: int | None = None) -> ImageDataset:
 
 __all__ = [
     "DATASET_SPECS",
+    "RELEASED_SPECS",
     "ImageDataset",
     "Split",
     "cifar_c_corruptions",
+    "imagenet_c_corruptions",
     "load_cifar",
     "load_cifar10",
     "load_cifar100",
@@ -62,6 +66,8 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_image_folder",
+    "load_imagenet_c",
+    "load_imagenet_c_clean",
     "resolve_data",
 ]
 
@@ -69,21 +75,38 @@ __all__ = [
 _C_FOLDERS = {"cifar10c": (10, "cifar-10-batches-py"), "cifar100c": (100, "cifar-100-python")}
 
 
-def resolve_data(spec: str) -> tuple[ImageDataset, str | None]:
-    """A dataset spec → (dataset, folder of released corruption arrays or None).
+def resolve_data(spec: str, *, size: int | None = None) -> tuple[ImageDataset, str | None]:
+    """A dataset spec → (dataset, folder of released corruptions or None).
 
     Besides every :func:`rws.data.load_dataset` spec, ``cifar10c:DIR`` / ``cifar100c:DIR`` name a
-    CIFAR-10-C / CIFAR-100-C folder; the clean test set is read from ``cifar-10-batches-py`` /
-    ``cifar-100-python`` inside or next to it.
+    CIFAR-10-C / CIFAR-100-C folder (the clean test set is read from ``cifar-10-batches-py`` /
+    ``cifar-100-python`` inside or next to it) and ``imagenet-c:DIR`` an ImageNet-C-style folder
+    (``DIR/<corruption>/<severity>/<class>/<image>`` and the clean images in ``DIR/clean``; a
+    test split only, see :mod:`rws.data.imagenet_c`).
+
+    Args:
+        spec: the dataset spec.
+        size: image side (folders and CIFAR resize to it; see :func:`load_dataset`).
 
     Raises:
-        UsageError, UnknownNameError: a bad spec. InputFileError: the clean CIFAR folder is missing.
+        UsageError, UnknownNameError: a bad spec. InputFileError: the clean set is missing.
     """
     kind, _, arg = spec.partition(":")
+    if kind == "imagenet-c":
+        if not arg:
+            raise UsageError(
+                f"dataset {spec!r}: give the folder, as in imagenet-c:path/to/ImageNet-C"
+            )
+        return load_imagenet_c_clean(arg, size=size), arg
     if kind not in _C_FOLDERS:
-        return load_dataset(spec), None
+        if kind not in {s.partition(":")[0] for s in DATASET_SPECS}:
+            raise UnknownNameError("dataset", spec, [*DATASET_SPECS, *RELEASED_SPECS])
+        return load_dataset(spec, size=size), None
     if not arg:
         raise UsageError(f"dataset {spec!r}: give the folder, as in {kind}:path/to/CIFAR-10-C")
+    if size is not None:
+        raise UsageError(f"dataset {spec!r}: released arrays are compared at their stored size; "
+                         "drop --img-size")  # fmt: skip
     num_classes, clean_name = _C_FOLDERS[kind]
     folder = Path(arg)
     for cand in (folder / clean_name, folder.parent / clean_name):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rws.data._files import open_input, require_dir
+from rws.data.imagenet_c import load_imagenet_c
 from rws.data.severity import check_severity
 from rws.data.types import Split, images_to_tensor
 from rws.errors import InputFileError, MalformedInputError, UnsafeInputError, UsageError
@@ -33,7 +34,9 @@ def cifar_c_corruptions(root: str | os.PathLike) -> list[str]:
 def load_cifar_c(
     root: str | os.PathLike, corruption: str, severity: int, *, size: int | None = None
 ) -> Split:
-    """One corruption at one severity from the released ``.npy`` arrays.
+    """One corruption at one severity from the released ``.npy`` arrays (or, where ``root`` has
+    ImageNet-C's ``<corruption>/<severity>/<class>/<image>`` layout, from its image files: see
+    :mod:`rws.data.imagenet_c`).
 
     Args:
         root: the folder (e.g. ``CIFAR-10-C``) holding ``<corruption>.npy`` and ``labels.npy``.
@@ -54,6 +57,8 @@ def load_cifar_c(
     if not _NAME.fullmatch(corruption) or corruption == "labels":
         raise UsageError(f"{corruption!r} is not a corruption name (e.g. 'fog', 'gaussian_noise')")
     folder = require_dir(root)
+    if (folder / corruption).is_dir() and size is None:  # ImageNet-C's layout of image files
+        return load_imagenet_c(folder, corruption, severity)
     path = folder / f"{corruption}.npy"
     if not path.is_file():
         found = ", ".join(cifar_c_corruptions(folder)) or "none"

@@ -118,18 +118,21 @@ def _read_split(folder: Path, classes: tuple[str, ...], size: int) -> tuple[np.n
             if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 logger.debug("skipping %s (not an image file)", path)
                 continue
-            images.append(_read_image(path, size))
+            images.append(read_image(path, size))
             labels.append(label)
     if not images:
         raise InputFileError(folder, "no image files in its class folders")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def read_image(path: Path, size: int | None) -> np.ndarray:
+    """One image as uint8 RGB ``(H, W, 3)``, resized to ``size × size`` (bilinear) unless None."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)  # (size, size, 3)
+            rgb = im.convert("RGB")
+            if size is not None:
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise UnsafeInputError(path, f"image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -1,37 +1,56 @@
-"""Turn a model spec into a module: a registry name, ``module.path:factory`` or ``timm:NAME``."""
+"""Turn a model spec into a module: a registry name, ``module.path:factory``, ``timm:NAME`` or
+``torchvision:NAME``; load weights into it and check that it takes the data's images."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from rws.errors import CheckpointError, UsageError
 from rws.io.checkpoint import open_checkpoint
-from rws.models.layers import CIFAR_MEAN, CIFAR_STD, Normalize
-from rws.models.registry import create_model
+from rws.models.external import timm_model, torchvision_model
+from rws.models.normalization import self_normalising_keys, set_normalization
+from rws.models.registry import create_model, get_model
+from rws.runtime.modes import eval_mode
 
 logger = logging.getLogger(__name__)
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_EXTERNAL = {"timm": timm_model, "torchvision": torchvision_model}
 
 
-def resolve_model(spec: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+def resolve_model(
+    spec: str,
+    num_classes: int = 10,
+    *,
+    img_size: int | None = None,
+    normalize: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build the model a spec names; every built-in model takes images in [0, 1].
 
     Args:
         spec: a registered name (``"resnet18"``, see ``list_models()``);
             ``"pkg.module:factory"``, a callable imported from the user's code and called as
-            ``factory(num_classes=…, **kwargs)`` (it should normalise its own inputs); or
-            ``"timm:NAME"``, a timm model (timm must be installed) wrapped to normalise [0, 1]
-            inputs with its pretrained config's mean/std.
+            ``factory(num_classes=…, **kwargs)`` (it should normalise its own inputs);
+            ``"timm:NAME"`` or ``"torchvision:NAME"``, a model of that package (installed
+            separately) wrapped to normalise [0, 1] inputs (timm: its pretrained config's
+            mean/std; torchvision: ImageNet's).
         num_classes: size of the output layer.
+        img_size: input side for models whose shape depends on it (timm ``img_size``,
+            torchvision ``image_size``); ignored by the built-in convolutional models, which
+            take any size.
+        normalize: input statistics the model applies (see :mod:`rws.models.normalization`):
+            ``None`` keeps the model's default, ``"none"`` removes them.
         **kwargs: passed on to the factory.
 
     Returns:
@@ -39,16 +58,44 @@ def resolve_model(spec: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
 
     Raises:
         UnknownNameError: for a plain name that is not registered (the message lists the choices).
-        UsageError: for a factory that cannot be imported or called, a missing timm or timm model.
+        UsageError: a factory that cannot be imported or called, a missing package or model,
+            keyword arguments the factory does not take, or a bad ``normalize``.
 
     Example:
         >>> model = resolve_model("resnet20", num_classes=10)
     """
-    if spec.startswith("timm:"):
-        return _timm_model(spec, spec[len("timm:") :], num_classes, **kwargs)
-    if ":" in spec:
-        return _user_model(spec, num_classes, **kwargs)
-    return create_model(spec, num_classes=num_classes, **kwargs)
+    kind, sep, name = spec.partition(":")
+    if sep and kind in _EXTERNAL:
+        model = _EXTERNAL[kind](spec, name, num_classes, img_size, **kwargs)
+    elif sep:
+        model = _user_model(spec, num_classes, **kwargs)
+    else:
+        _check_accepts(spec, get_model(spec), "num_classes", *kwargs)
+        try:
+            model = create_model(spec, num_classes=num_classes, **kwargs)
+        except TypeError as exc:  # a keyword the class behind a **kwargs factory does not take
+            raise UsageError(f"model {spec!r}: {exc}") from None
+    return set_normalization(model, normalize, what=f"model {spec!r}")
+
+
+def parse_model_kw(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["depth=12", "drop_rate=0.1", "name=x"]`` → keyword arguments; values are read as JSON
+    where they parse (numbers, booleans, lists) and kept as strings otherwise.
+
+    Raises:
+        UsageError: an item without ``=`` or with an empty or non-identifier key.
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-kw {item!r}: expected KEY=VALUE with a Python-name key")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 def _user_model(spec: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -90,48 +137,71 @@ def _check_accepts(spec: str, factory: Callable[..., Any], *names: str) -> None:
         ) from None
 
 
-def _normalize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Forward pre-hook: normalise the first input with the module's ``normalize`` layer."""
-    return (module.normalize(args[0]), *args[1:])
-
-
-def _timm_model(spec: str, name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise UsageError(
-            f"model {spec!r}: timm is not installed; install it (pip install timm) or use a "
-            "registered model (rws list models)"
-        ) from None
-    if not timm.is_model(name):
-        raise UsageError(f"model {spec!r}: timm has no model {name!r}; see timm.list_models()")
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
-    if hasattr(model, "normalize"):
-        raise UsageError(f"model {spec!r}: the timm model already has a 'normalize' attribute")
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(cfg.get("mean", CIFAR_MEAN))
-    std = tuple(cfg.get("std", CIFAR_STD))
-    # Normalisation as a submodule with non-persistent buffers and a pre-hook: the state dict keeps
-    # timm's own names, so timm checkpoints load unchanged, and `.to(device)` moves mean/std along.
-    model.add_module("normalize", Normalize(mean, std))
-    model.register_forward_pre_hook(_normalize_input)
-    logger.debug("built timm model %s (mean %s, std %s)", name, mean, std)
-    return model
-
-
-def load_model(arch: str, weights: str | os.PathLike, num_classes: int) -> nn.Module:
+def load_model(
+    arch: str,
+    weights: str | os.PathLike,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] | None = None,
+    normalize: str | None = None,
+    img_size: int | None = None,
+    model_kw: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Build ``arch`` and load ``weights`` (any checkpoint rws reads) into it, strictly, in eval mode.
+
+    ``input_shape`` (``(C, H, W)`` of the data) is checked with one dummy forward pass;
+    ``normalize``, ``img_size`` and ``model_kw`` go to :func:`resolve_model`.
 
     Raises:
         CheckpointError: the checkpoint's tensor names or shapes do not fit the architecture.
+        UsageError: the model does not take ``input_shape`` images.
     """
-    model = resolve_model(arch, num_classes=num_classes)
+    model = resolve_model(
+        arch, num_classes=num_classes, img_size=img_size, normalize=normalize, **(model_kw or {})
+    )
     ck = open_checkpoint(weights)
     state = {k: ck.get(k).clone() for k in ck}
+    stored = self_normalising_keys(state)
+    if stored and normalize is None:
+        logger.warning(
+            "%s holds input statistics (%s): its weights may normalise their own inputs; "
+            "if accuracy is low, try --normalize none",
+            ck.path, ", ".join(stored),
+        )  # fmt: skip
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2])[:300]
-        raise CheckpointError(ck.path, f"does not fit --arch {arch} ({detail})") from None
-    return model.eval()
+        hint = f"; it stores input statistics ({', '.join(stored)})" if stored else ""
+        raise CheckpointError(ck.path, f"does not fit --arch {arch} ({detail}){hint}") from None
+    model.eval()
+    if input_shape is not None:
+        check_input_size(model, input_shape, what=f"model {arch!r}")
+    return model
+
+
+def check_input_size(model: nn.Module, input_shape: Sequence[int], *, what: str = "model") -> None:
+    """Run one forward pass on a zero batch of ``input_shape`` (``(C, H, W)``); a shape error
+    becomes a one-line usage error naming the size (BatchNorm statistics are left untouched).
+
+    Raises:
+        UsageError: the model cannot take such images.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    try:
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype if param.is_floating_point() else torch.float32
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    x = torch.zeros((1, *shape), device=device, dtype=dtype)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        size = "×".join(str(d) for d in shape)
+        raise UsageError(
+            f"{what} does not take {size} inputs ({first}); pass --img-size to match the data "
+            "or choose a model built for this size"
+        ) from None
