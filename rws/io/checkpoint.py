@@ -206,8 +206,12 @@ class PickleCheckpoint(MemoryCheckpoint):
 
     def __init__(self, path: PathLike) -> None:
         p = os.fspath(path)
-        tensors, unwrapped = find_state_dict(load_pickle(p), p)
+        obj = load_pickle(p)
+        tensors, unwrapped = find_state_dict(obj, p)
         super().__init__(tensors, path=p, unwrapped=unwrapped)
+        if isinstance(obj, Mapping) and unwrapped:  # entries beside the weights, e.g. timm's "arch"
+            self.metadata = {k: str(v) for k, v in obj.items()
+                             if isinstance(k, str) and isinstance(v, str | int | float)}  # fmt: skip
 
 
 def open_checkpoint(source: Source) -> Checkpoint:

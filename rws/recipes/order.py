@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 
 from torch import nn
 
@@ -37,9 +36,8 @@ def arch_order(arch: str, *, source: str | None = None) -> DepthOrder:
 
 def recorded_arch(source: Source) -> str | None:
     """The architecture a checkpoint file records (``rws finetune``'s ``rws.finetune`` metadata or
-    an ``arch`` entry), if any; pickles and in-memory sources record none."""
-    if isinstance(source, str | os.PathLike) and Path(source).suffix.lower() in PICKLE_SUFFIXES:
-        return None
+    an ``arch`` entry: a safetensors metadata key, or a string beside the weights in a training
+    checkpoint such as timm's), if any; in-memory sources record none."""
     if not isinstance(source, str | os.PathLike | Checkpoint):
         return None
     try:
