@@ -9,7 +9,8 @@ they would be normalised twice. ``normalize`` says which statistics the model ap
   ``torchvision:``: ImageNet);
 - ``"none"``: no normalisation (the weights take [0, 1] inputs or normalise themselves);
 - ``"cifar10"``, ``"cifar100"``, ``"imagenet"``: those datasets' usual mean and std;
-- ``"M1,M2,M3/S1,S2,S3"``: explicit per-channel mean and std.
+- ``"M1,M2,M3/S1,S2,S3"``: explicit per-channel mean and std (``;`` may replace the commas, as
+  it does inside a model spec's options).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def parse_normalize(spec: str | None) -> Stats | str | None:
         return NAMED_STATS[key]
     mean_s, sep, std_s = spec.partition("/")
     try:
-        mean = tuple(float(v) for v in mean_s.split(","))
-        std = tuple(float(v) for v in std_s.split(","))
+        mean = tuple(float(v) for v in mean_s.replace(";", ",").split(","))
+        std = tuple(float(v) for v in std_s.replace(";", ",").split(","))
     except ValueError:
         mean, std = (), ()
     ok = sep and mean and len(mean) == len(std) and all(math.isfinite(v) for v in mean + std)

@@ -48,7 +48,9 @@ def resolve_model(
         num_classes: size of the output layer.
         img_size: input side for models whose shape depends on it (timm ``img_size``,
             torchvision ``image_size``); ignored by the built-in convolutional models, which
-            take any size.
+            take any size. The spec itself may carry options after commas
+            (``"timm:NAME,img_size=64,normalize=none,drop_rate=0.1"``, see :func:`split_spec`):
+            ``num_classes``, ``img_size`` and ``normalize`` there override the arguments.
         normalize: input statistics the model applies (see :mod:`rws.models.normalization`):
             ``None`` keeps the model's default, ``"none"`` removes them.
         **kwargs: passed on to the factory.
@@ -64,6 +66,17 @@ def resolve_model(
     Example:
         >>> model = resolve_model("resnet20", num_classes=10)
     """
+    spec, options = split_spec(spec)
+    for key in ("num_classes", "img_size", "normalize"):
+        if key in options:
+            value = options.pop(key)
+            num_classes = value if key == "num_classes" else num_classes
+            img_size = value if key == "img_size" else img_size
+            normalize = str(value) if key == "normalize" else normalize
+    clash = sorted(set(options) & set(kwargs))
+    if clash:
+        raise UsageError(f"model {spec!r}: {', '.join(clash)} given both in the spec and apart")
+    kwargs = {**options, **kwargs}
     kind, sep, name = spec.partition(":")
     if sep and kind in _EXTERNAL:
         model = _EXTERNAL[kind](spec, name, num_classes, img_size, **kwargs)
@@ -76,6 +89,53 @@ def resolve_model(
         except TypeError as exc:  # a keyword the class behind a **kwargs factory does not take
             raise UsageError(f"model {spec!r}: {exc}") from None
     return set_normalization(model, normalize, what=f"model {spec!r}")
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"timm:vit_tiny_patch16_224,img_size=64,normalize=none"`` → the model name and its
+    options (``KEY=VALUE`` items after the first comma, read as :func:`parse_model_kw` does;
+    commas inside brackets belong to the value).
+
+    Raises:
+        UsageError: an option that is not ``KEY=VALUE``.
+    """
+    name, sep, rest = spec.partition(",")
+    if not sep:
+        return spec, {}
+    items, depth, cur = [], 0, ""
+    for ch in rest:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    return name.strip(), parse_model_kw(items)
+
+
+def model_spec(
+    arch: str,
+    *,
+    img_size: int | None = None,
+    normalize: str | None = None,
+    num_classes: int | None = None,
+    model_kw: Sequence[str] | None = None,
+) -> str:
+    """``arch`` with the given options folded into its spec (see :func:`split_spec`), so the
+    options travel wherever the spec goes (provenance, ``--order-from``, later runs).
+
+    Example:
+        >>> model_spec("timm:vit_tiny_patch16_224", img_size=64, model_kw=["drop_rate=0.1"])
+        'timm:vit_tiny_patch16_224,img_size=64,drop_rate=0.1'
+    """
+    extra = [f"img_size={img_size}"] if img_size is not None else []
+    extra += [f"normalize={normalize.replace(',', ';')}"] if normalize is not None else []
+    extra += [f"num_classes={num_classes}"] if num_classes is not None else []
+    extra += list(model_kw or ())
+    parse_model_kw(extra)  # checked here, once
+    return ",".join([arch, *extra])
 
 
 def parse_model_kw(items: Sequence[str] | None) -> dict[str, Any]:

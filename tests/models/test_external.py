@@ -15,9 +15,11 @@ from rws.io.safetensors_write import save_tensors
 from rws.models import (
     check_input_size,
     load_model,
+    model_spec,
     parse_model_kw,
     probe_normalization,
     resolve_model,
+    split_spec,
 )
 from rws.models.normalization import NAMED_STATS, parse_normalize, self_normalising_keys
 
@@ -155,3 +157,21 @@ def test_input_size_mismatch_is_a_one_line_usage_error(tmp_path) -> None:
     save_tensors(path, resolve_model("small-cnn", num_classes=10).state_dict())
     model = load_model("small-cnn", path, 10, input_shape=(3, 16, 16))  # convolutional: any size
     assert not model.training
+
+
+def test_options_travel_inside_the_spec() -> None:
+    spec = model_spec("small-cnn", normalize="0.5,0.5,0.5/0.25,0.25,0.25", model_kw=["widht=8"])
+    assert spec == "small-cnn,normalize=0.5;0.5;0.5/0.25;0.25;0.25,widht=8"
+    assert split_spec("timm:vit,img_size=64,depths=[1,2]") == (
+        "timm:vit",
+        {"img_size": 64, "depths": [1, 2]},
+    )
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(UsageError, match="must accept keyword arguments num_classes, widht"):
+        resolve_model(spec)
+    model = resolve_model("small-cnn,normalize=0.5;0.5;0.5/0.25;0.25;0.25")
+    assert torch.allclose(model.normalize(x), (x - 0.5) / 0.25)
+    assert resolve_model("small-cnn,num_classes=3", num_classes=10).fc.out_features == 3
+    assert resolve_model("small-cnn,width=8").fc.in_features == 32
+    with pytest.raises(UsageError, match="given both in the spec and apart"):
+        resolve_model("small-cnn,width=2", width=3)
