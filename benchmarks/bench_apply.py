@@ -7,8 +7,13 @@ Side by side in one run, each repetition in a fresh subprocess (so peak RSS is i
            so that no ratio flatters rws
   naive    load the whole checkpoint, add every decoded delta, save_file the result
   rws      rws.apply_file: streamed in runs, hashed as read, patched in cache, written behind
-Prints median wall time, CPU time (user + sys, all threads) and peak RSS of each, and the ratios
-rws / copy (goal <= 2), rws / copy+wb and rws RSS / naive RSS (goal < 25%).
+  rws+undo the same with undo=True: also writes OUT.undo.safetensors (the low bits rounding
+           drops, for an exact `rws remove`; issue 17)
+Prints median wall time, CPU time (user + sys, all threads) and peak RSS of each, the ratios
+rws / copy (goal <= 2), rws / copy+wb and rws RSS / naive RSS (goal < 25%), and the undo file's
+size. ``--undo-table`` prints only the exact-undo table: share of bit-exact elements after
+apply → remove without undo, and the undo file's size, at ‖δ‖/‖w‖ = 1e-3 and 1 (fp32 and bf16,
+4 M elements).
 
 Fairness: modes interleave within each repetition (drifting machine load hits all alike); the
 inputs are read once before timing, so every mode reads them from the page cache; imports
@@ -81,6 +86,7 @@ def run_mode(mode: str, base: str, patch: str, out: str) -> dict[str, float]:
 
     import rws
 
+    extra: dict[str, float] = {}
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "copy":
         with open(base, "rb") as src, open(out, "wb") as dst:
@@ -107,12 +113,54 @@ def run_mode(mode: str, base: str, patch: str, out: str) -> dict[str, float]:
         save_file(sd, out)
     elif mode == "rws":
         rws.apply_file(base, [rws.load(patch)], out)
+    elif mode == "rws+undo":
+        res = rws.apply_file(base, [rws.load(patch)], out, undo=True)
+        extra = {"undo_mib": os.path.getsize(res.undo_path) / 2**20,
+                 "undo_elements": res.report.undo.elements()}  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # VmHWM, not ru_maxrss: the latter survives exec, so a child would inherit the parent's peak
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     rss = hwm / 1024  # KiB -> MiB
-    return {"wall_s": wall, "cpu_s": cpu, "rss_mib": rss}
+    return {"wall_s": wall, "cpu_s": cpu, "rss_mib": rss, **extra}
+
+
+def undo_table() -> None:
+    """Exact undo: bit-exact share after apply → remove without undo, and the undo file's size
+    (a share of the checkpoint's), for one 2048×2048 tensor at ‖δ‖/‖w‖ = 1e-3 and 1."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    import rws
+    from rws.patching.patch import Patch, encode_deltas
+    from rws.patching.undo import bits
+
+    g = torch.Generator().manual_seed(0)
+    print("dtype     codec ‖δ‖/‖w‖  exact w/o undo  undo elements  undo file  of checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        f = lambda name: os.path.join(tmp, name)  # noqa: E731
+        for dtype in (torch.float32, torch.bfloat16):
+            w = (torch.randn(2048, 2048, generator=g) * 0.02).to(dtype)
+            save_file({"w": w}, f("base.safetensors"))
+            for codec in ("fp32", "int8"):
+                for rel in (1e-3, 1.0):
+                    d = torch.randn(w.shape, generator=g)
+                    d *= rel * w.float().norm() / d.norm()
+                    Patch(tensors=encode_deltas([("w", d, w)], codec=codec)[0]).save(f("p"))
+                    p = rws.load(f("p"))
+                    res = rws.apply_file(f("base.safetensors"), [p], f("o.safetensors"), undo=True)
+                    rws.remove_file(f("o.safetensors"), [p], f("b.safetensors"), undo=False)
+                    back = load_file(f("b.safetensors"))["w"]
+                    share = float((bits(back) == bits(w)).double().mean())
+                    rws.remove_file(f("o.safetensors"), [p], f("u.safetensors"), strict=True)
+                    assert torch.equal(bits(load_file(f("u.safetensors"))["w"]), bits(w))
+                    size = os.path.getsize(res.undo_path)
+                    share_ck = size / os.path.getsize(f("o.safetensors"))
+                    print(f"{str(dtype)[6:]:9} {codec:5} {rel:8g} {100 * share:14.3f}% "
+                          f"{res.report.undo.elements():14d} {size / 2**20:7.2f} MiB "
+                          f"{100 * share_ck:12.2f}%")  # fmt: skip
+    print("with the undo file: every element bit-exact, proven by the base fingerprint (strict)")
 
 
 def main() -> None:
@@ -124,7 +172,11 @@ def main() -> None:
     ap.add_argument("--base")
     ap.add_argument("--patch")
     ap.add_argument("--out")
+    ap.add_argument("--undo-table", action="store_true", help="only the exact-undo table")
     a = ap.parse_args()
+    if a.undo_table:
+        undo_table()
+        return
     if a.mode:  # child
         print(json.dumps(run_mode(a.mode, a.base, a.patch, a.out)))
         return
@@ -138,7 +190,7 @@ def main() -> None:
         with open(path, "rb") as fh:
             while fh.read(64 << 20):
                 pass
-    modes = ("copy", "copy+wb", "naive", "rws")
+    modes = ("copy", "copy+wb", "naive", "rws", "rws+undo")
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for _ in range(a.repeats):
         for mode in results:  # interleaved: drifting machine load hits every mode alike
@@ -162,6 +214,9 @@ def main() -> None:
             )
             results[mode].append(res)
             out.unlink(missing_ok=True)
+            out.with_name(out.name.removesuffix(".safetensors") + ".undo.safetensors").unlink(
+                missing_ok=True
+            )
     med = {
         m: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "rss_mib")}
         for m, rs in results.items()
@@ -176,6 +231,12 @@ def main() -> None:
     print(f"rws / naive wall time: {ratio['naive']:.2f}x")
     rss = 100 * med["rws"]["rss_mib"] / med["naive"]["rss_mib"]
     print(f"rws / naive peak RSS: {rss:.1f}% (goal < 25%)")
+    undo = results["rws+undo"][-1]
+    print(
+        f"rws --undo: {med['rws+undo']['wall_s'] / med['rws']['wall_s']:.2f}x the rws wall time; "
+        f"undo file {undo['undo_mib']:.1f} MiB = {100 * undo['undo_mib'] / 2**10 / gib_base:.2f}% "
+        f"of the checkpoint ({undo['undo_elements']:.0f} elements corrected)"
+    )
     print(f"load average after: {_load()}")
 
 

@@ -2,7 +2,9 @@
 
 A ResNet-18 (CIFAR stem, 11.2 M parameters) takes a few SGD steps on digits (the base), then a few
 more on Gaussian-noise digits (the tuned model). Patches of the first K = 1, 3, 5 layers are
-extracted with the int8, bnb8 and nf4 codecs (blocksize 64); the script prints each file's size,
+extracted with the int8, bnb8 and nf4 codecs (blocksize 64; 1-D and small tensors stay fp16/fp32,
+the default since the compression issue) and nf4 after top-k sparsity (density 0.25); the script
+prints each file's size, its header's share,
 the ratio to the full fp32 safetensors checkpoint (the RWS paper: "up to 13×"), the ratio to the
 touched tensors in fp32, and the relative reconstruction error ‖decode(δ) − δ‖ / ‖δ‖. The RWS
 reference setting, VGG-16 (no BN) with its first K = 7 convs, is added for comparison.
@@ -13,6 +15,7 @@ reference setting, VGG-16 (no BN) with its first K = 7 convs, is added for compa
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 
 import torch
@@ -23,7 +26,9 @@ import rws
 from rws.data import load_digits
 from rws.models import create_model
 
-STEPS, BATCH, CODECS = 10, 32, ("int8", "bnb8", "nf4")
+STEPS, BATCH = 10, 32
+VARIANTS = (("int8", None), ("bnb8", None), ("nf4", None), ("nf4", "topk"))  # (codec, sparsify)
+DENSITY = 0.25
 MODELS = {"resnet18": (1, 3, 5), "vgg16": (7,)}
 
 
@@ -61,21 +66,27 @@ def measure(arch: str, k_list: tuple[int, ...], x, noisy, y) -> None:
         n_params = sum(p.numel() for p in base.parameters())
         print(f"\n{arch}: {n_params / 1e6:.2f} M parameters, "
               f"full fp32 checkpoint {full_bytes / 2**20:.1f} MiB")  # fmt: skip
-        print(f"{'K':>2} {'codec':5} {'last layer':<16} {'params':>8} {'patch KiB':>9} "
-              f"{'vs model':>9} {'vs touched':>10} {'rel. error':>10}")  # fmt: skip
+        print(f"{'K':>2} {'codec':9} {'last layer':<16} {'params':>8} {'patch KiB':>9} "
+              f"{'header':>6} {'vs model':>9} {'vs touched':>10} {'rel. error':>10}")  # fmt: skip
         for k in k_list:
             exact = rws.extract(base, tuned, codec="fp32", shallow=k)
             norm = sum(float(exact.delta(n).pow(2).sum()) for n in exact.names()) ** 0.5
-            for codec in CODECS:
-                patch = rws.extract(base, tuned, codec=codec, shallow=k)
+            for codec, sparsify in VARIANTS:
+                density = DENSITY if sparsify else 1.0
+                patch = rws.extract(base, tuned, codec=codec, shallow=k, sparsify=sparsify,
+                                    density=density)  # fmt: skip
                 path = os.path.join(tmp, f"k{k}-{codec}.safetensors")
                 patch.save(path)
                 size = os.path.getsize(path)
+                with open(path, "rb") as fh:
+                    head = 8 + struct.unpack("<Q", fh.read(8))[0]
+                label = codec + (f"+{sparsify}" if sparsify else "")
                 diff = sum(
                     float((patch.delta(n) - exact.delta(n)).pow(2).sum()) for n in exact.names()
                 )
                 last = patch.provenance["selection"]["layers"][-1]
-                print(f"{k:>2} {codec:5} {last:<16} {patch.numel():8d} {size / 1024:9.1f} "
+                print(f"{k:>2} {label:9} {last:<16} {patch.numel():8d} {size / 1024:9.1f} "
+                      f"{100 * head / size:5.1f}% "
                       f"{full_bytes / size:8.1f}× {4 * patch.numel() / size:9.1f}× "
                       f"{diff**0.5 / norm:10.4f}")  # fmt: skip
 

@@ -21,12 +21,14 @@ from rws.robustness.attacks import attack, list_attacks
 from rws.robustness.corruptions import CORRUPTIONS, corrupt, list_corruptions
 from rws.robustness.evaluate import evaluate
 from rws.robustness.report import Report
+from rws.routing import Router
 from rws.training import TrainConfig, finetune, recalibrate_bn
 
 __all__ = [
     "CORRUPTIONS",
     "Patch",
     "Report",
+    "Router",
     "RwsError",
     "TrainConfig",
     "__version__",

@@ -42,6 +42,7 @@ from rws.recipes.extract import search_settings
 from rws.recipes.operating_point import search_operating_point, with_operating_point
 from rws.robustness.corruptions import get_corruption
 from rws.robustness.evaluate import evaluate
+from rws.robustness.plots import summary_figure
 from rws.robustness.report import Report
 from rws.training import TrainConfig, TrainResult, finetune, init_model, save_result
 
@@ -209,7 +210,7 @@ def run_demo(
         models[name] = _cached_model(path, keys[name], cfg, build, data, init_seed, cached)
         return models[name]
 
-    origin = step("origin", None, (), cfg.seed, cfg.origin_epochs)
+    step("origin", None, (), cfg.seed, cfg.origin_epochs)  # W0, read from its file below
     clean = step("clean", "origin", (), cfg.seed + 1, cfg.finetune_epochs)
     robust = {
         k: step(f"robust-{k}", "origin", (k,), _robust_seed(cfg, k), cfg.finetune_epochs)
@@ -223,10 +224,13 @@ def run_demo(
     for k, model in robust.items():
         full = extract(clean, model, codec="fp32", name=f"{k}.robust-model")
         tags = {"corruption": k, "dataset": "digits", "arch": cfg.arch}
-        sigs[k] = sig = extract(clean, model, method="rws", origin=origin, codec="fp32",
-                                shallow=cfg.layers, name=f"{k}.rws", tags=tags)  # fmt: skip
-        q = extract(clean, model, method="rws", origin=origin, codec=cfg.codec,
-                    shallow=cfg.layers, name=f"{k}.rws-{cfg.codec}", tags=tags)  # fmt: skip
+        files = (out / "clean.safetensors", out / f"robust-{k}.safetensors")  # as `rws extract`
+        sigs[k] = sig = extract(*files, method="rws", origin=out / "origin.safetensors",
+                                codec="fp32", shallow=cfg.layers, order=clean, name=f"{k}.rws",
+                                tags=tags)  # fmt: skip
+        q = extract(*files, method="rws", origin=out / "origin.safetensors", codec=cfg.codec,
+                    shallow=cfg.layers, order=clean, name=f"{k}.rws-{cfg.codec}",
+                    tags=tags)  # fmt: skip
         path = out / "signatures" / f"{k}.rws.safetensors"
         q.save(path)
         signatures[k], sizes[k] = path, path.stat().st_size
@@ -244,6 +248,7 @@ def run_demo(
     report.save_json(out / "report.json")
     report.save_csv(out / "report.csv")
     report.save_plots(out / "report.png")
+    save_figure(summary_figure(report.variants), out / "summary.png")
     if len(sigs) > 1:  # signatures of different corruptions should look different
         save_figure(plot_similarity(similarity(list(sigs.values()))),
                     out / "signatures-similarity.png")  # fmt: skip

@@ -9,6 +9,7 @@ Exit codes: 1 other · 2 usage · 3 malformed input · 4 integrity refused · 5 
 
 from __future__ import annotations
 
+import difflib
 import os
 
 
@@ -31,8 +32,21 @@ class UnknownNameError(UsageError):
     """A name looked up in a registry (codec, method, model, corruption, attack) does not exist."""
 
     def __init__(self, kind: str, name: str, choices: list[str]) -> None:
-        self.kind, self.name, self.choices = kind, name, list(choices)
-        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}")
+        self.kind, self.name, self.choices = kind, name, sorted(choices)
+        lowered = {c.lower(): c for c in self.choices}
+        close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+        #: the closest choice (difflib ratio ≥ 0.6, case ignored), or None
+        self.suggestion: str | None = lowered[close[0]] if close else None
+        hint = f"; did you mean {self.suggestion!r}?" if self.suggestion else ""
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}{hint}")
+
+
+class BatchMismatchError(UsageError):
+    """A batch whose shape or dtype differs from what a router was fitted on."""
+
+    def __init__(self, expected: str, found: str) -> None:
+        self.expected, self.found = expected, found
+        super().__init__(f"batch: expected {expected} images, got {found}")
 
 
 class OutputPathError(UsageError):
@@ -43,7 +57,28 @@ class OutputPathError(UsageError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class InputKindError(UsageError):
+    """An input path that is not a regular file (a FIFO, device or socket: reading it would block
+    or never end)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {reason}")
+
+
 # --- files (1) and malformed input (3) ---------------------------------------------------------
+
+
+class OutputFileError(RwsError, OSError):
+    """The operating system refused to write an output (read-only, disk full, file too large, no
+    inodes, permission); nothing was written."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {reason}")
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
+        return self.args[0]
 
 
 class InputFileError(RwsError, OSError):
@@ -153,6 +188,40 @@ class BaseDtypeMismatchError(BaseMismatchError):
         )
 
 
+class NoBaseFingerprintError(IntegrityError):
+    """A patch records no base fingerprint for a tensor: it would apply to any base unchecked."""
+
+    def __init__(self, where: str, tensor: str, patches: str) -> None:
+        self.where, self.tensor, self.patches = where, tensor, patches
+        super().__init__(
+            f"{where}: tensor {tensor!r}: {patches} records no base fingerprint (base_sha256), so "
+            "nothing shows it was taken on this base; pass --force (force=True) to apply anyway"
+        )
+
+
+class UnverifiedError(IntegrityError):
+    """Strict removal: tensors not proven bit-exact against the base fingerprints."""
+
+    def __init__(self, where: str, tensors: list[str]) -> None:
+        self.where, self.tensors = where, list(tensors)
+        shown = ", ".join(repr(t) for t in tensors[:5]) + (", …" if len(tensors) > 5 else "")
+        super().__init__(
+            f"{where}: {len(tensors)} tensor(s) not verified bit-exact against the base "
+            f"fingerprints ({shown}); nothing written (--strict)"
+        )
+
+
+class UndoMismatchError(IntegrityError):
+    """An undo correction recorded for other patches or scales than those being removed."""
+
+    def __init__(self, where: str, recorded: str, removing: str) -> None:
+        self.where, self.recorded, self.removing = where, recorded, removing
+        super().__init__(
+            f"{where}: the undo correction records {recorded or 'no patch'}, "
+            f"not {removing or 'no patch'}; remove exactly those, or go without --undo"
+        )
+
+
 class NonFiniteError(IntegrityError):
     """NaN or Inf in a delta or in a patched result."""
 
@@ -201,6 +270,18 @@ class HubReferenceError(UsageError):
     def __init__(self, ref: str, reason: str) -> None:
         self.ref, self.reason = ref, reason
         super().__init__(f"{ref!r}: {reason}")
+
+
+class HubIntegrityError(IntegrityError):
+    """A file of the Hugging Face cache whose bytes do not match its blob's name (the sha256 of
+    an LFS file, the git blob id of another): damaged or tampered with; never used."""
+
+    def __init__(self, ref: str, path: str, blob: str, expected: str, found: str) -> None:
+        self.ref, self.path, self.blob, self.expected, self.found = ref, path, blob, expected, found
+        super().__init__(
+            f"{path}: the cached copy of {ref} is damaged (its hash is {found[:12]}…, the Hub's "
+            f"{expected[:12]}…); delete {blob} and fetch it again"
+        )
 
 
 class HubRepoNotFoundError(HubError):

@@ -85,8 +85,10 @@ def commit(
     *,
     deletes: tuple[str, ...] = (),
 ) -> str:
-    """Commit ``files`` (path → bytes) onto ``branch`` without a working tree; the new commit id."""
-    parent = rev_parse(repo, f"refs/heads/{branch}")
+    """Commit ``files`` (path → bytes) onto ``branch`` (or a full ``refs/…`` name) without a
+    working tree; the new commit id."""
+    ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+    parent = rev_parse(repo, ref)
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
         if parent:
@@ -98,7 +100,7 @@ def commit(
             git(repo, "update-index", "--force-remove", path, env=env)
         tree = git(repo, "write-tree", env=env)
     sha = git(repo, "commit-tree", tree, *(["-p", parent] if parent else []), "-m", message)
-    git(repo, "update-ref", f"refs/heads/{branch}", sha, parent or "0" * 40)
+    git(repo, "update-ref", ref, sha, parent or "0" * 40)
     return sha
 
 
@@ -230,9 +232,15 @@ def write_router(root: Path, endpoint: str) -> Any:
         message = header["summary"] + (
             f"\n\n{header['description']}" if header["description"] else ""
         )
-        sha = commit(path, revision, files, message, deletes=tuple(deletes))
+        pr_url, target = None, revision
+        if request.query_params.get("create_pr"):  # a pull request: refs/pr/N from the head
+            number = len(git(path, "for-each-ref", "refs/pr/").splitlines()) + 1
+            target = f"refs/pr/{number}"
+            git(path, "update-ref", target, head, "0" * 40)
+            pr_url = f"{endpoint}/{org}/{name}/discussions/{number}"
+        sha = commit(path, target, files, message, deletes=tuple(deletes))
         return {"commitUrl": f"{endpoint}/{org}/{name}/commit/{sha}", "commitOid": sha,
-                "success": True, "hookOutput": "", "pullRequestUrl": None}  # fmt: skip
+                "success": True, "hookOutput": "", "pullRequestUrl": pr_url}  # fmt: skip
 
     return router
 

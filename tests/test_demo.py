@@ -49,7 +49,7 @@ def test_demo_writes_everything_and_signatures_help(demo: tuple[Path, rws.Report
     for k in CFG.corruptions:
         sig = rws.load(out / "signatures" / f"{k}.rws.safetensors")
         assert sig.kind == "rws" and sig.tags["corruption"] == k and sig.provenance["projection"]
-        assert {t.encoded.codec for t in sig.tensors.values()} == {"int8"}
+        assert {t.encoded.codec for t in sig.tensors.values() if len(t.shape) > 1} == {"int8"}
         assert len(sig.provenance["selection"]["layers"]) == 7  # ResNet-20's stem + first stage
         rws_v, robust_v = report.variant(f"{k}.rws"), report.variant(f"{k}.robust-model")
         assert _mean(robust_v, k) > _mean(base, k) + 0.05  # the robust model is robust
@@ -95,6 +95,14 @@ def test_cli_demo_and_bad_corruption(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _settings(prov: dict, volatile: set[str]) -> dict:
+    """A provenance's settings: without the time and without where the inputs came from (the
+    shipped library was extracted from models in memory, `rws demo` now extracts from the saved
+    checkpoints and records their names, sha256 and training settings)."""
+    sources = {"base", "tuned", "origin", "robust", "trained"}
+    return {k: v for k, v in prov.items() if k not in volatile | sources}
+
+
 def _gain(report: rws.Report, name: str, corruption: str) -> float:
     return _mean(report.variant(name), corruption) - _mean(report.base, corruption)
 
@@ -134,10 +142,10 @@ def test_regenerating_gives_the_shipped_library_s_structure_and_behaviour(
         assert a.names() == b.names() and a.tags == b.tags and a.kind == b.kind, a.name
         for name in a.names():
             ta, tb = a.tensors[name], b.tensors[name]
-            assert (ta.shape, ta.dtype, ta.encoded.codec) == (tb.shape, tb.dtype, tb.encoded.codec)
-        pa = {k: v for k, v in a.provenance.items() if k not in volatile}
-        pb = {k: v for k, v in b.provenance.items() if k not in volatile}
-        assert pa == pb, a.name
+            assert (ta.shape, ta.dtype) == (tb.shape, tb.dtype)
+            if len(ta.shape) > 1:  # the shipped library predates mixed precision (1-D: fp16/32)
+                assert ta.encoded.codec == tb.encoded.codec
+        assert _settings(a.provenance, volatile) == _settings(b.provenance, volatile), a.name
     for name in ("origin.safetensors", "clean.safetensors"):
         a = open_checkpoint(ROOT / "signatures" / name).state_dict()
         b = open_checkpoint(out / name).state_dict()

@@ -54,8 +54,12 @@ def test_unknown_name_lists_the_choices() -> None:
     reg = _registry()
     with pytest.raises(UnknownNameError) as e:
         reg.get("c")
-    assert str(e.value) == "unknown widget 'c'; choose one of: b-one, a-two, b-three"
-    assert e.value.choices == ["b-one", "a-two", "b-three"] and e.value.exit_code == 2
+    assert str(e.value) == "unknown widget 'c'; choose one of: a-two, b-one, b-three"
+    assert e.value.choices == ["a-two", "b-one", "b-three"] and e.value.exit_code == 2
+    assert e.value.suggestion is None
+    with pytest.raises(UnknownNameError, match=r"; did you mean 'b-three'\?$") as e:
+        reg.get("B-thre")
+    assert e.value.suggestion == "b-three"
 
 
 def test_summary_is_the_whole_first_paragraph() -> None:

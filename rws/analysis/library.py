@@ -23,6 +23,9 @@ from rws.patching.patch import load as load_patch
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
+SHIPPED = Path(__file__).resolve().parents[1] / "_signatures"
+"""The library shipped with rws (package data; ``signatures/`` in a checkout): ``rws demo``'s
+ResNet-20 on digits (``origin.safetensors``, ``clean.safetensors``) and its int8 signatures."""
 
 
 @dataclass(frozen=True)

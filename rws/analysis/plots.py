@@ -44,7 +44,7 @@ def plot_similarity(result: SimilarityResult) -> Figure:
     n = len(result.labels)
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    side = max(3.2, 0.45 * n + 1.6)
+    side = max(3.6, 0.45 * n + 1.6)
     fig = new_figure(side * cols, side * rows, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
@@ -53,16 +53,19 @@ def plot_similarity(result: SimilarityResult) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
-        ax.set_xticklabels(result.labels, rotation=60, ha="right", fontsize=7)
-        # row labels once per row of panels: beside a neighbour they would overprint its cells
+        # labels once per row and per column of panels: beside or above a neighbour they would
+        # overprint its cells
+        last_in_column = k + cols >= len(panels)
+        ax.set_xticklabels(result.labels if last_in_column else [], rotation=60, ha="right",
+                           rotation_mode="anchor", fontsize=7)  # fmt: skip
         ax.set_yticklabels(result.labels if k % cols == 0 else [], fontsize=7)
         if n <= 10:
             for i in range(n):
                 for j in range(n):
                     v = matrix[i][j]
                     color = "white" if abs(v) > 0.6 else "black"
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color=color)
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=color)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine similarity")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="cosine similarity")
     return fig

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from rws.analysis import SignatureLibrary, identify, plot_similarity, similarity
 from rws.analysis.identify import Identification
+from rws.analysis.library import SHIPPED
 from rws.analysis.similarity import Matrix
 from rws.cli.console import out
 from rws.cli.options import IdentifyMethodOpt, JsonOpt, PlotOpt, RunningStatsOpt
@@ -20,7 +21,7 @@ from rws.patching.patch import load
 
 
 def _matrix_table(title: str, labels: tuple[str, ...], matrix: Matrix) -> Table:
-    t = Table("", *labels, title=title)
+    t = Table(Column("", overflow="fold"), *labels, title=title)
     for label, row in zip(labels, matrix, strict=True):
         t.add_row(label, *(f"{v:.3f}" for v in row))
     return t
@@ -63,13 +64,21 @@ def similarity_command(
         out.print(f"wrote {plot}", markup=False)
 
 
+#: what each method's score is: a ranking, not a calibrated probability.
+SCORES = {
+    "centroid": "score: softmax of the centroid cosines",
+    "knn": "score: distance-weighted neighbour vote",
+    "logistic": "score: logistic regression's predict_proba, uncalibrated",
+}
+
+
 def _render_identification(patch: str, res: Identification, signatures: int) -> None:
-    t = Table("#", "corruption", "probability", "centroid cosine")
+    t = Table("#", Column("corruption", overflow="fold"), "score", "centroid cosine")
     for i, (c, p) in enumerate(res.ranking, 1):
         t.add_row(str(i), c, f"{p:.3f}", f"{res.similarities[c]:.3f}")
     out.print(t)
     out.print(
-        f"{patch}: {res.corruption} (confidence {res.confidence:.2f}, {res.method}, "
+        f"{patch}: {res.corruption} (score {res.confidence:.2f}, {SCORES[res.method]}; "
         f"{signatures} signatures, {res.tensors} tensors); nearest: {res.nearest[0]} "
         f"(cosine {res.nearest[1]:.3f})",
         markup=False,
@@ -80,16 +89,22 @@ def _render_identification(patch: str, res: Identification, signatures: int) -> 
 def identify_command(
     patch: Annotated[str, typer.Argument(help="Signature patch file to identify.")],
     library: Annotated[
-        Path, typer.Option("--library", help="Folder of labelled signatures (index.json).")
-    ] = Path("signatures"),
+        Path,
+        typer.Option(
+            "--library",
+            help="Folder of labelled signatures (index.json); default: the one shipped with rws.",
+        ),
+    ] = SHIPPED,
     method: IdentifyMethodOpt = "centroid",
     running_stats: RunningStatsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which known corruption a signature comes from, with a confidence.
+    """Which known corruption a signature comes from, with a score per corruption.
 
-    --method: centroid (cosine to class means), knn or logistic. BatchNorm running statistics
-    are left out of the features unless --with-running-stats.
+    --method: centroid (cosine to class means; score: their softmax), knn (score: the
+    neighbours' weighted vote) or logistic (score: predict_proba). A score ranks the
+    corruptions; it is not a calibrated probability. BatchNorm running statistics are left out
+    of the features unless --with-running-stats.
 
     Example: rws identify new.rws.safetensors --library signatures/ --method knn
     """

@@ -14,13 +14,22 @@ from rws.demo import ARCHS, DemoConfig, DemoResult, run_demo
 from rws.robustness.corruptions import list_corruptions
 
 
+def _span(sevs: list[int]) -> str:
+    """``[1, 2, 3]`` → ``"1–3"``; ``[1, 3, 5]`` → ``"1, 3, 5"``."""
+    if sevs == list(range(sevs[0], sevs[-1] + 1)):
+        return f"{sevs[0]}–{sevs[-1]}"
+    return ", ".join(map(str, sevs))
+
+
 def _render(res: DemoResult, folder: Path) -> None:
     rep = res.report
     names = list(rep.base.corruptions)
-    t = Table(title="accuracy (%): clean, and each corruption's mean over severities 1–5")
-    t.add_column("variant", no_wrap=True)
+    sevs = sorted({int(s) for c in names for s in rep.base.corruptions[c]})
+    what = f"severity {sevs[0]}" if len(sevs) == 1 else f"mean over severities {_span(sevs)}"
+    t = Table(title=f"accuracy (%): clean, and each corruption's {what}")
+    t.add_column("variant", overflow="fold")
     for name in ("clean", *names):
-        t.add_column(name, justify="right")
+        t.add_column(name, justify="right", overflow="fold")
     for v in rep.variants:
         cells = [f"{100 * v.clean:5.1f}"]
         for c in names:
@@ -62,6 +71,7 @@ def _render(res: DemoResult, folder: Path) -> None:
         )
     out.print(
         f"wrote {folder / 'report.json'}, {folder / 'report.csv'}, {folder / 'report.png'}, "
+        f"{folder / 'summary.png'} (clean vs corrupted accuracy, α curves), "
         f"{folder / 'signatures-similarity.png'}",
         markup=False,
         soft_wrap=True,
@@ -77,6 +87,8 @@ def demo_command(
     corruptions: Annotated[
         str,
         choice(
+            "--corruptions",
+            "--corruption",
             help="Comma-separated corruptions, one robust model each.",
             kind="corruption",
             names=list_corruptions(),

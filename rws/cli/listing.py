@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from rws.cli.console import out
 from rws.cli.options import JsonOpt, choice
@@ -16,6 +16,8 @@ from rws.patching.codecs import CODECS
 from rws.registry import Registry
 from rws.robustness.attacks import ATTACKS
 from rws.robustness.corruptions import CORRUPTION_REGISTRY
+
+_WRAP = 72  # summaries wrap at this width, in a terminal and in a pipe alike
 
 REGISTRIES: dict[str, Registry] = {
     "codecs": CODECS,
@@ -28,7 +30,14 @@ REGISTRIES: dict[str, Registry] = {
 
 def list_command(
     kind: Annotated[
-        str, choice(help="What to list.", kind="registry", names=[*REGISTRIES], argument=True)
+        str,
+        choice(
+            help="What to list: " + ", ".join(REGISTRIES) + ".",
+            kind="registry",
+            names=[*REGISTRIES],
+            argument=True,
+            metavar="KIND",
+        ),
     ] = "codecs",
     pattern: Annotated[str, typer.Argument(help="Only names matching this glob.")] = "*",
     as_json: JsonOpt = False,
@@ -46,7 +55,9 @@ def list_command(
             items = [{**d, "kernel": extra(e)} for d, e in zip(items, rows, strict=True)]
         out.print_json(json.dumps(items))
         return
-    t = Table("name", "summary", *(["kernel"] if extra else []))
+    t = Table(Column("name", no_wrap=True), Column("summary", max_width=_WRAP, overflow="fold"))
+    if extra:
+        t.add_column("kernel", max_width=_WRAP, overflow="fold")
     for e in rows:
         t.add_row(e.name, e.summary, *([extra(e)] if extra else []))
     out.print(t)

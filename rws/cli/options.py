@@ -16,16 +16,22 @@ from typing import Annotated, Any
 import typer
 
 from rws.analysis.identify import IDENTIFY_METHODS
+from rws.cli.parsing import parse_attacks as parse_attacks
+from rws.cli.parsing import parse_corruptions as parse_corruptions
+from rws.cli.parsing import parse_patch_arg as parse_patch_arg
+from rws.cli.parsing import parse_tags as parse_tags
 from rws.data import DATASET_SPECS
-from rws.errors import UnknownNameError, UsageError
+from rws.errors import UnknownNameError
 from rws.methods import list_methods
 from rws.methods.rws import BN_MODES
 from rws.models import list_models
 from rws.patching.codecs import get_codec, list_codecs
+from rws.patching.sparsify import SPARSIFIERS
 from rws.recipes.alpha import METRICS, parse_criterion
 from rws.robustness.attacks import list_attacks
-from rws.robustness.corruptions import CORRUPTIONS, list_corruptions
+from rws.robustness.corruptions import list_corruptions
 from rws.robustness.corruptions.params import TABLES
+from rws.runtime.device import DEVICE_PATTERN
 from rws.training.config import OPTIMIZERS, SCHEDULES
 from rws.training.recalibrate import BN_MIXES
 
@@ -61,8 +67,11 @@ def _checker(
             known = item in names or item in keywords or (open_ended and _COMPOSITE in item)
             if item and not known:
                 error = UnknownNameError(kind, item, list(names))
-                if hints and item in hints:
-                    error.args = (f"{error}; {hints[item]}",)
+                if hints and item in hints:  # the hint replaces "did you mean"
+                    choices = ", ".join(error.choices)
+                    error.args = (
+                        f"unknown {kind} {item!r}; choose one of: {choices}; {hints[item]}",
+                    )
                 raise error
         return value
 
@@ -137,6 +146,27 @@ BlocksizeOpt = Annotated[
         + ")."
     ),
 ]
+CodecMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--codec-map",
+        help="Per-glob codecs overriding --codec (small and 1-D tensors stay fp16/fp32 by "
+        "default), e.g. 'bn*=fp32,layer1.*=int8'; each glob must match a tensor.",
+        metavar="GLOB=CODEC,…",
+    ),
+]
+SparsifyOpt = Annotated[
+    str | None,
+    choice(
+        help="Sparsify each large delta before the codec: topk (largest magnitudes) or dare "
+        "(seeded random drop, rescaled).",
+        kind="sparsifier",
+        names=SPARSIFIERS,
+    ),
+]
+DensityOpt = Annotated[
+    float, typer.Option(help="--sparsify: share of each tensor's elements kept, in (0, 1].")
+]
 MethodOpt = Annotated[
     str,
     choice(
@@ -201,10 +231,33 @@ _ARCH = choice(
 )
 ArchOpt = Annotated[str, _ARCH]
 MaybeArchOpt = Annotated[str | None, _ARCH]
-_DATA = typer.Option(help="Dataset: " + ", ".join(DATASET_SPECS) + ".")
+_DATA = choice(
+    help="Dataset: digits (built in) or a folder: cifar10:DIR, cifar100:DIR, folder:DIR.",
+    kind="dataset",
+    names=list(DATASET_SPECS),
+    open_ended=True,
+    metavar="<" + "|".join(DATASET_SPECS) + ">",
+)
 DataOpt = Annotated[str, _DATA]
 MaybeDataOpt = Annotated[str | None, _DATA]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda[:n] or auto.")]
+_DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # the names rws.runtime.device.DEVICE_PATTERN takes
+
+
+def _device(ctx: typer.Context, value: str | None) -> str | None:
+    if value is not None and not ctx.resilient_parsing and not DEVICE_PATTERN.match(value):
+        raise UnknownNameError("device", value, list(_DEVICES))
+    return value
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where to compute: auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N.",
+        metavar="<" + "|".join(_DEVICES) + ">",
+        callback=_device,
+        autocompletion=_completer(_DEVICES[:3]),
+    ),
+]
 SeedOpt = Annotated[
     int,
     typer.Option(help="Seed of every random draw (initialisation, data, corruptions, attacks)."),
@@ -214,6 +267,8 @@ SeedOpt = Annotated[
 CorruptionsOpt = Annotated[
     str,
     choice(
+        "--corruptions",
+        "--corruption",
         help="Corruptions: all (the 15 benchmark ones), none, or a list such as fog,snow.",
         kind="corruption",
         names=list_corruptions(),
@@ -233,10 +288,32 @@ ParamsOpt = Annotated[
         keywords=("auto",),
     ),
 ]
-SeverityOpt = Annotated[str, typer.Option(help="Severity S, or a range LO-HI drawn per batch.")]
-SeveritiesOpt = Annotated[str, typer.Option(help="Severities: a range 1-5 or a list 1,3,5.")]
+SeverityOpt = Annotated[
+    str,
+    typer.Option(
+        "--severity", "--severities", help="Severity S, or a range LO-HI drawn per batch."
+    ),
+]
+SeveritiesOpt = Annotated[
+    str,
+    typer.Option("--severities", "--severity", help="Severities: a range 1-5 or a list 1,3,5."),
+]
+#: what ``--attack autoattack`` (the name a RobustBench user types first) is told.
+AUTOATTACK_HINT = (
+    "use autoattack-lite, a lighter AutoAttack: APGD-CE, then APGD-T, then PMA on the examples "
+    "still correct (worst case per example); standard AutoAttack's FAB-T and Square are not run"
+)
 AttackOpt = Annotated[
-    str, choice(help="Attack (or none).", kind="attack", names=list_attacks(), keywords=("none",))
+    str,
+    choice(
+        help="Attacks, one or a comma list (each attacks every variant); none: no attack. "
+        "autoattack-lite = APGD-CE → APGD-T → PMA (not standard AutoAttack: no FAB-T, no Square).",
+        kind="attack",
+        names=list_attacks(),
+        keywords=("none",),
+        listed=True,
+        hints={"autoattack": AUTOATTACK_HINT, "aa": AUTOATTACK_HINT},
+    ),
 ]
 EpsOpt = Annotated[str, typer.Option(help="Attack radius (L∞), e.g. 8/255 or 0.03.")]
 
@@ -275,53 +352,3 @@ CriterionOpt = Annotated[
 IdentifyMethodOpt = Annotated[
     str, choice(help="How to match.", kind="identification method", names=IDENTIFY_METHODS)
 ]
-
-
-# --- argument syntax ----------------------------------------------------------------------------
-def parse_patch_arg(spec: str) -> tuple[str, float | None]:
-    """``"fog.safetensors:0.8"`` → ``("fog.safetensors", 0.8)``; no ``:α`` → ``(path, None)``.
-
-    Example:
-        >>> parse_patch_arg("hf://org/repo/fog.safetensors")
-        ('hf://org/repo/fog.safetensors', None)
-    """
-    path, sep, tail = spec.rpartition(":")
-    if sep and path:
-        try:
-            alpha = float(tail)
-        except ValueError:
-            return spec, None
-        return path, alpha
-    return spec, None
-
-
-def parse_tags(items: Sequence[str] | None) -> dict[str, str]:
-    """``["corruption=fog"]`` → ``{"corruption": "fog"}``.
-
-    Raises:
-        UsageError: an item without ``=`` or without a key.
-    """
-    tags = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--tag {item!r}: expected key=value")
-        tags[key] = value
-    return tags
-
-
-def parse_corruptions(text: str, *, option: str = "--corruptions") -> tuple[str, ...]:
-    """``"all"`` → the 15 benchmark corruptions; ``"none"`` → ``()``; ``"fog, snow"`` → both.
-
-    Raises:
-        UsageError: no name at all.
-    """
-    text = text.strip()
-    if text == "none":
-        return ()
-    if text == "all":
-        return CORRUPTIONS
-    names = tuple(c.strip() for c in text.split(",") if c.strip())
-    if not names:
-        raise UsageError(f"{option} {text!r}: give corruption names, all or none")
-    return names

@@ -8,12 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
+import rws.cli.patch_report as shown
 from rws.cli.console import err, out
 from rws.cli.options import (
     BlocksizeOpt,
     BnMixOpt,
     BnOpt,
+    CodecMapOpt,
     CodecOpt,
+    DensityOpt,
     DescriptionOpt,
     DeviceOpt,
     ExcludeOpt,
@@ -29,6 +32,7 @@ from rws.cli.options import (
     PlotOpt,
     RunningStatsOpt,
     SeverityOpt,
+    SparsifyOpt,
     TagOpt,
     parse_corruptions,
     parse_patch_arg,
@@ -56,6 +60,7 @@ from rws.data.severity import parse_severity
 from rws.errors import UsageError
 from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
+from rws.io.output_paths import check_output_paths
 from rws.methods import method_options
 from rws.methods.extract import layer_deltas
 from rws.patching.describe import describe
@@ -112,6 +117,9 @@ def extract(
     device: DeviceOpt = "auto",
     codec: CodecOpt = "fp32",
     blocksize: BlocksizeOpt = 64,
+    codec_map: CodecMapOpt = None,
+    sparsify: SparsifyOpt = None,
+    density: DensityOpt = 1.0,
     shallow: Annotated[int | None, typer.Option(help="Keep the first K layers.")] = None,
     energy: Annotated[
         float | None, typer.Option(help="Keep the shallowest layers holding this energy share.")
@@ -128,8 +136,12 @@ def extract(
 
     Example: rws extract clean.safetensors fog.safetensors -o fog.rws.safetensors --codec int8 --shallow 3
 
+    Smaller (docs/compression.md): --codec nf4 --sparsify topk --density 0.1; small and 1-D
+    tensors stay fp16/fp32 unless --codec-map 'bn*=int8' says otherwise
+
     Signature: rws extract --method rws --origin w0.safetensors clean.safetensors fog-1.safetensors
-    fog-2.safetensors -o fog.rws.safetensors (the projection of REFERENCES: RWS = dk − proj_dc dk)
+    fog-2.safetensors -o fog.rws.safetensors (the robust delta minus its projection on the clean
+    delta, both from the origin: RWS = dk − proj_dc dk)
 
     Operating point (α, and with --layers auto the shallow layers, chosen on the validation split so
     that clean accuracy falls at most --max-clean-drop points): add --alpha auto --data digits
@@ -145,9 +157,8 @@ def extract(
 
     RiFT is its own command: rws rift.
     """
-    check_output_path(output, [base, *tuned, *([origin] if origin else [])])
-    if plot is not None:
-        check_output_path(plot, [base, *tuned])
+    check_output_paths({"--output": output, "--plot": plot},
+                       [base, *tuned, *([origin] if origin else [])])  # fmt: skip
     a = parse_alpha(alpha)
     search = search_keywords(alpha=a, data=data, layers=layers, corruptions=corruptions,
                              criterion=criterion, max_clean_drop=max_clean_drop,
@@ -160,6 +171,7 @@ def extract(
         base, tuned[0], method=method, alpha=a,
         **({} if method == "interpolation" else {"options": options}), layers=layers, data=data,
         arch=arch, device=device, progress=True, search=search, codec=codec, blocksize=blocksize,
+        codec_map=codec_map, sparsify=sparsify, density=density,
         shallow=shallow, energy=energy, running_stats=running_stats, order=order_from,
         include=include, exclude=exclude, name=name, description=description, tags=parse_tags(tag),
     )  # fmt: skip
@@ -198,6 +210,7 @@ def apply(
     arch: MaybeArchOpt = None,
     severity: SeverityOpt = "5",
     bn_mix: BnMixOpt = "replace",
+    undo: shown.UndoFlag = False,
 ) -> None:
     """Add patches to a checkpoint: w' = w + Σ α·scale·δ (streamed, one tensor at a time).
 
@@ -213,21 +226,17 @@ def apply(
     files; -o x.safetensors merges it into one file instead).
     """
     items = _with_alpha(patches)
+    if undo and recalibrate_bn is not None:
+        raise UsageError("--undo records the patches only: it does not go with --recalibrate-bn")
     if recalibrate_bn is None:
-        res = apply_file(base, items, output, force=force, clamp_var=clamp_var)
+        res = apply_file(base, items, output, force=force, clamp_var=clamp_var, undo=undo)
     else:
         res, info = apply_and_recalibrate(
             base, items, output, arch=arch, data=recalibrate_bn,
             severity=parse_severity(severity), force=force, clamp_var=clamp_var, bn_mix=bn_mix,
         )  # fmt: skip
         err.print(f"recalibrated BatchNorm statistics: {json.dumps(info)}", markup=False)
-    for w in res.report.warnings:
-        err.print(f"warning: {w}", markup=False)
-    out.print(
-        f"wrote {res.output}: {res.report.touched} tensors patched, base fingerprints "
-        f"{res.report.exact}/{res.report.checked} matched; applied stack: "
-        + ", ".join(f"{e['name']}:{e['scale']:g}" for e in res.stack)
-    )
+    shown.render_apply(res)
 
 
 def remove(
@@ -237,21 +246,20 @@ def remove(
     force: Annotated[
         bool, typer.Option("--force", help="Subtract even if not in the applied stack.")
     ] = False,
+    undo: shown.UndoFileOpt = None,
+    strict: shown.StrictOpt = False,
 ) -> None:
     """Take patches off a patched checkpoint and check the restored tensors' fingerprints.
 
     Example: rws remove patched.safetensors snow.rws.safetensors -o fog_only.safetensors
+
+    Only tensors that hash to the base fingerprints again are reported restored bit for bit; the
+    rest are unverified (--strict: exit 4, nothing written). With the undo file of
+    `rws apply --undo`, every tensor comes back bit for bit.
     """
-    res = remove_file(patched, load_patch_args(patches), output, force=force)
-    rep = res.report
-    inexact = ""
-    if rep.inexact:
-        more = ", …" if len(rep.inexact) > 5 else ""
-        inexact = f" (the rest within one float32 rounding: {', '.join(rep.inexact[:5])}{more})"
-    out.print(
-        f"wrote {res.output}: {rep.touched} tensors restored, {rep.exact}/{rep.checked} bit-exact "
-        f"against the base fingerprints{inexact}"
-    )
+    args = load_patch_args(patches)
+    res = remove_file(patched, args, output, force=force, undo=undo, strict=strict)
+    shown.render_remove(res)
 
 
 def compose(
@@ -260,7 +268,23 @@ def compose(
     codec: CodecOpt = "fp32",
     blocksize: BlocksizeOpt = 64,
     name: NameOpt = "",
-    force: ForceOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Sum patches taken against different bases (refused by default)."
+        ),
+    ] = False,
+    ties: Annotated[
+        bool,
+        typer.Option(
+            "--ties",
+            help="TIES-style sign election: per element, the mean of "
+            "the terms of the elected sign instead of the sum.",
+        ),
+    ] = False,
+    codec_map: CodecMapOpt = None,
+    sparsify: SparsifyOpt = None,
+    density: DensityOpt = 1.0,
     search: Annotated[
         bool, typer.Option("--search", help="Choose each patch's coefficient on --data.")
     ] = False,
@@ -283,7 +307,8 @@ def compose(
     """
     check_output_path(output, [parse_patch_arg(p)[0] for p in patches])
     items = _with_alpha(patches)
-    kw = dict(codec=codec, blocksize=blocksize, force=force, name=name)
+    kw = dict(codec=codec, blocksize=blocksize, force=force, name=name, ties=ties,
+              codec_map=codec_map, sparsify=sparsify, density=density)  # fmt: skip
     if not search:
         if any(v is not None for v in (base, data, corruptions, max_clean_drop)):
             raise UsageError("--base, --data, --corruptions and --max-clean-drop go with --search")
@@ -331,8 +356,8 @@ def inspect(
     Example: rws inspect fog.rws.safetensors --json
     """
     desc = describe(file)
-    if as_json:
-        out.print_json(json.dumps(desc))
+    if as_json:  # plain: rich's print_json re-parses and highlights (minutes for a big header)
+        typer.echo(json.dumps(desc, indent=2))
     elif desc["type"] == "patch":
         print_patch(out, desc)
     else:
@@ -352,7 +377,9 @@ def diff(
 
     Example: rws diff clean.safetensors fog.safetensors --plot layers.png
     """
-    rows = [_layer_row(la) for la in layer_deltas(base, tuned, include=include, exclude=exclude)]
+    check_output_paths({"--plot": plot}, [base, tuned])
+    deltas = layer_deltas(base, tuned, include=include, exclude=exclude)
+    rows = [shown.layer_row(la) for la in deltas]
     if plot is not None:
         from rws.analysis.plots import plot_layer_deltas
 
@@ -369,13 +396,3 @@ def diff(
     out.print(layer_table(rows))
     if plot is not None:
         out.print(f"wrote {plot}")
-
-
-def _layer_row(la: Any) -> dict[str, Any]:
-    weights = {"delta_l2": la.weights_delta_l2, "base_l2": la.weights_base_l2,
-               "relative": la.weights_relative}  # fmt: skip
-    stats = {"delta_l2": la.stats_delta_l2, "base_l2": la.stats_base_l2,
-             "relative": la.stats_relative}  # fmt: skip
-    return {"layer": la.layer, "tensors": len(la.tensors), "delta_l2": la.delta_l2,
-            "base_l2": la.base_l2, "relative": la.relative, "weights": weights,
-            "running_stats": stats}  # fmt: skip

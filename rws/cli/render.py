@@ -8,7 +8,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
+
+from rws.cli.console import safe_text
 
 
 def size(n: float | None) -> str:
@@ -38,17 +41,21 @@ def patch_summary(desc: Mapping[str, Any]) -> str:
     )
 
 
+def _name(header: str) -> Column:
+    """A table's name column: folded onto more lines where it must, never cut with "…"."""
+    return Column(header, overflow="fold")
+
+
 def _shape(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
 
 def print_patch(console: Console, d: Mapping[str, Any]) -> None:
     """``rws inspect`` of a patch: header, summary, per-tensor table, provenance, labels."""
-    console.print(
-        f"[bold]patch[/] {d['path']}  kind={d['kind']} scale={d['scale']:g} name={d['name']!r}"
-    )
+    head = f" {d['path']}  kind={d['kind']} scale={d['scale']:g} name={d['name']!r}"
+    console.print(Text.assemble(("patch", "bold"), safe_text(head)))
     console.print(patch_summary(d), markup=False)
-    t = Table("tensor", "shape", "codec", "bytes", "rel. error", "‖δ‖/‖w‖")
+    t = Table(_name("tensor"), "shape", "codec", "bytes", "rel. error", "‖δ‖/‖w‖")
     for r in d["tensors"]:
         rel, error = r["relative_delta"], r["rel_error"]
         t.add_row(
@@ -63,16 +70,22 @@ def print_patch(console: Console, d: Mapping[str, Any]) -> None:
         console.print(f"tags: {d['tags']}  description: {d['description']}", markup=False)
 
 
+MAX_ROWS = 1000  # tensors shown in a checkpoint's table
+
+
 def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
     """``rws inspect`` of a checkpoint: header, tensor table, applied stack."""
-    console.print(
-        f"[bold]checkpoint[/] {d['path']}: {d['tensors_total']} tensors, "
-        f"{d['numel']:,} elements, {size(d['file_bytes'])}"
+    head = (
+        f" {d['path']}: {d['tensors_total']} tensors, {d['numel']:,} elements, "
+        f"{size(d['file_bytes'])}"
     )
-    t = Table("tensor", "shape", "dtype")
-    for r in d["tensors"]:
+    console.print(Text.assemble(("checkpoint", "bold"), safe_text(head)))
+    t = Table(_name("tensor"), "shape", "dtype")
+    for r in d["tensors"][:MAX_ROWS]:  # a crafted header may list 200,000 (empty) tensors
         t.add_row(r["name"], _shape(r["shape"]), r["dtype"])
     console.print(t)
+    if len(d["tensors"]) > MAX_ROWS:
+        console.print(f"… {len(d['tensors']) - MAX_ROWS:,} more tensors (--json lists them all)")
     if not d["applied"]:
         console.print("applied stack: empty")
         return
@@ -86,7 +99,7 @@ def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
 def layer_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """``rws diff``: one row per layer, in depth order; weights and running statistics apart
     (``–``: a layer without running statistics)."""
-    t = Table("#", "layer", "tensors", "weights ‖δ‖", "weights ‖w‖", "weights ‖δ‖/‖w‖",
+    t = Table("#", _name("layer"), "tensors", "weights ‖δ‖", "weights ‖w‖", "weights ‖δ‖/‖w‖",
               "run. stats ‖δ‖", "run. stats ‖δ‖/‖w‖")  # fmt: skip
     for i, r in enumerate(rows):
         w, s = r["weights"], r["running_stats"]
@@ -115,7 +128,7 @@ def alpha_table(curve: Any) -> Table:
 def composition_table(res: dict[str, Any], labels: list[str]) -> Table:
     """A composition search (``provenance["composition_search"]``): the chosen coefficients
     (bold) against nothing, the uniform 1/|K| and each patch alone."""
-    t = Table("composition", *labels, "clean", "corrupted (mean)")
+    t = Table(_name("composition"), *labels, "clean", "corrupted (mean)")
     rows = [("none", res["base"]), ("uniform 1/|K|", res["uniform"])]
     rows += [(f"{labels[k]} alone", p) for k, p in enumerate(res["singles"])]
     rows.append(("searched", res["chosen"]))
@@ -128,7 +141,7 @@ def composition_table(res: dict[str, Any], labels: list[str]) -> Table:
 def mrc_table(res: Any) -> Table:
     """Module robust criticality (:class:`rws.recipes.criticality.MrcResult`), least critical in bold."""
     least = res.least_critical.module
-    t = Table("module", "‖W‖", "MRC", "adv. loss", "robust acc", "drop (pt)")
+    t = Table(_name("module"), "‖W‖", "MRC", "adv. loss", "robust acc", "drop (pt)")
     for m in res.modules:
         t.add_row(m.module, f"{m.weight_l2:.3g}", f"{m.mrc:.4f}", f"{m.loss:.4f}",
                   f"{m.robust_acc:.4f}", f"{100 * m.robust_drop:.2f}",
@@ -136,16 +149,27 @@ def mrc_table(res: Any) -> Table:
     return t
 
 
-def epochs_table(res: Any) -> Table:
-    """The epochs of a training run (:class:`rws.training.config.TrainResult`), best in bold."""
-    corrupted = bool(res.config.corruptions or res.config.attack)
-    extra = "val acc (PGD)" if res.config.attack else "val acc (corrupted)"
-    cols = ["epoch", "lr", "train loss", "train acc", "val acc (clean)"]
-    t = Table(*cols, *([extra] if corrupted else []), "time (s)")
-    for h in res.history:
-        row = [str(h.epoch), f"{h.lr:.3g}", f"{h.train_loss:.4f}", f"{h.train_acc:.4f}",
-               f"{h.val_clean_acc:.4f}"]  # fmt: skip
-        if corrupted:
-            row.append(f"{h.val_acc:.4f}")
-        t.add_row(*row, f"{h.seconds:.1f}", style="bold" if h.epoch == res.best_epoch else None)
-    return t
+class EpochRows:
+    """A training run's epochs printed one row each as they finish (``on_epoch`` of
+    :func:`rws.training.loop.finetune`), under a header printed before the first; columns of
+    fixed widths, so the rows line up in a terminal, a pipe and a log alike."""
+
+    def __init__(self, console: Console, config: Any) -> None:
+        self.console = console
+        extra = "val acc (PGD)" if config.attack else "val acc (corrupted)"
+        self.corrupted = bool(config.corruptions or config.attack)
+        heads = ["epoch", "lr", "train loss", "train acc", "val acc (clean)",
+                 *([extra] if self.corrupted else []), "time (s)"]  # fmt: skip
+        self.widths = [max(len(h), 7) for h in heads]
+        self.header = "  ".join(h.rjust(w) for h, w in zip(heads, self.widths, strict=True))
+        self.printed = 0
+
+    def __call__(self, h: Any) -> None:
+        """Print the row of one finished epoch (:class:`rws.training.config.EpochStats`)."""
+        if not self.printed:
+            self.console.print(self.header, style="bold")
+        cells = [str(h.epoch), f"{h.lr:.3g}", f"{h.train_loss:.4f}", f"{h.train_acc:.4f}",
+                 f"{h.val_clean_acc:.4f}", *([f"{h.val_acc:.4f}"] if self.corrupted else []),
+                 f"{h.seconds:.1f}"]  # fmt: skip
+        self.console.print("  ".join(c.rjust(w) for c, w in zip(cells, self.widths, strict=True)))
+        self.printed += 1

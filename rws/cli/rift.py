@@ -29,8 +29,8 @@ from rws.cli.render import alpha_table, mrc_table
 from rws.data import ImageDataset, load_dataset
 from rws.errors import OutputPathError, UsageError
 from rws.io.atomic import write_atomic
-from rws.io.checkpoint import check_output_path
 from rws.io.figures import save_figure
+from rws.io.output_paths import check_output_paths
 from rws.models import load_model
 from rws.recipes.alpha import DEFAULT_REFINE, AlphaSettings
 from rws.recipes.criticality import MrcSettings, mrc
@@ -62,11 +62,9 @@ def _mrc_settings(recipe: str, batch_size: int | None, **kw: object) -> MrcSetti
 
 
 def _check_outputs(outputs: list[Path | None], inputs: list[str]) -> None:
+    check_output_paths({f"output {i + 1}": o for i, o in enumerate(outputs)}, inputs)
     for o in outputs:
-        if o is None:
-            continue
-        check_output_path(o, inputs)
-        if not os.path.isdir(os.path.dirname(os.path.abspath(o))):
+        if o is not None and not os.path.isdir(os.path.dirname(os.path.abspath(o))):
             raise OutputPathError(o, "its folder does not exist")
 
 

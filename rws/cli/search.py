@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from rws.cli.console import err, out
-from rws.cli.options import parse_corruptions
+from rws.cli.options import choice, parse_corruptions
 from rws.cli.render import alpha_table, composition_table
 from rws.errors import UsageError
 from rws.io.figures import save_figure
 from rws.patching.patch import Patch
 from rws.recipes.alpha import parse_criterion
+from rws.robustness.corruptions import list_corruptions
 
 AlphaOpt = Annotated[
     str | None,
@@ -32,9 +33,13 @@ LayersOpt = Annotated[
 ]
 SearchCorruptionsOpt = Annotated[
     str | None,
-    typer.Option(
+    choice(
         "--corruptions",
+        "--corruption",
         help="Search: corruptions to measure (default: the patches' own, from tags or training).",
+        kind="corruption",
+        names=list_corruptions(),
+        listed=True,
         metavar="<NAME,…>",
     ),
 ]

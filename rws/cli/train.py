@@ -29,7 +29,7 @@ from rws.cli.options import (
     choice,
     parse_corruptions,
 )
-from rws.cli.render import epochs_table
+from rws.cli.render import EpochRows
 from rws.data.severity import parse_severity
 from rws.robustness.attacks import parse_eps
 from rws.training.config import TrainConfig, TrainResult
@@ -56,10 +56,16 @@ CropOpt = Annotated[
 ]
 
 
-def _render_run(res: TrainResult, checkpoint_dir: Path | None) -> None:
-    out.print(epochs_table(res))
+def _train(
+    arch: str, data: str, weights: str | None, config: TrainConfig, output: Path,
+    checkpoint_dir: Path | None,
+) -> TrainResult:  # fmt: skip
+    """Train to ``output``, one row printed per finished epoch."""
+    res = train_to_file(arch, data, weights, config, output, checkpoint_dir=checkpoint_dir,
+                        progress=True, on_epoch=EpochRows(out, config))  # fmt: skip
     if res.resumed_epochs:
-        err.print(f"resumed after epoch {res.resumed_epochs} from {checkpoint_dir}", markup=False)
+        err.print(f"resumed after epoch {res.resumed_epochs} from {checkpoint_dir}")
+    return res
 
 
 def finetune_command(
@@ -93,9 +99,7 @@ def finetune_command(
         corruptions=parse_corruptions(corruption, option="--corruption"),
         severity=parse_severity(severity), device=device, crop_padding=crop_padding,
     )  # fmt: skip
-    res = train_to_file(arch, data, weights, config, output, checkpoint_dir=checkpoint_dir,
-                        progress=True)  # fmt: skip
-    _render_run(res, checkpoint_dir)
+    res = _train(arch, data, weights, config, output, checkpoint_dir)
     f, (lo, hi) = res.final, config.severity
     if config.corruptions:
         sev = f"severity {lo}" if lo == hi else f"severity {lo}–{hi}"
@@ -145,9 +149,7 @@ def advtrain_command(
         attack_step_size=parse_eps(step_size) if step_size else None, keep_best=keep == "best",
         crop_padding=crop_padding,
     )  # fmt: skip
-    res = train_to_file(arch, data, weights, config, output, checkpoint_dir=checkpoint_dir,
-                        progress=True)  # fmt: skip
-    _render_run(res, checkpoint_dir)
+    res = _train(arch, data, weights, config, output, checkpoint_dir)
     kept = next(h for h in res.history if h.epoch == (res.best_epoch if keep == "best" else epochs))
     out.print(
         f"wrote {output}: {arch} adversarially trained on {data} (PGD-{steps}, ε={eps}); epoch "

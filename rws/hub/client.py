@@ -35,9 +35,10 @@ from rws.errors import (
     HubOfflineError,
     HubReferenceError,
     OutputPathError,
+    PatchFormatError,
     UsageError,
 )
-from rws.hub.card import model_card, report_matches
+from rws.hub.card import config_json, eval_results_files, model_card, report_matches
 from rws.io.atomic import atomic_output
 from rws.io.hub_fetch import (
     DEFAULT_REVISION,
@@ -48,7 +49,8 @@ from rws.io.hub_fetch import (
     is_offline,
     translate_errors,
 )
-from rws.io.hub_ref import repo_ref
+from rws.io.hub_ref import HubRef, repo_ref
+from rws.patching._hub import register_pusher
 from rws.patching.patch import Patch
 from rws.robustness.report import Report
 
@@ -66,6 +68,7 @@ class PushResult:
     commit: str
     url: str
     files: tuple[str, ...]
+    pr_url: str | None = None
 
 
 def pull(
@@ -133,12 +136,19 @@ def push(
     message: str | None = None,
     report: Report | str | os.PathLike[str] | None = None,
     endpoint: str | None = None,
+    create_pr: bool = False,
+    base_model: str | None = None,
+    dataset: str | None = None,
+    license: str | None = None,
+    eval_results: bool = False,
 ) -> PushResult:
-    """Upload patches and a generated model card (``README.md``) to a Hub model repo, one commit.
+    """Upload patches, a model card (``README.md``) and a ``config.json`` to a Hub model repo,
+    in one commit.
 
     Creates the repo, and the branch ``revision``, when missing. The card
     (:func:`rws.hub.card.model_card`) carries the Hub's metadata (``library_name: rws``, tags,
-    ``base_model``, ``model-index`` results from ``report``) and a before/after table.
+    ``base_model``, ``model-index`` results from ``report``) and a before/after table; an existing
+    card is updated, keeping the rows and results of the patches already in the repo.
 
     Args:
         patches: patch files (local or ``hf://``), uploaded as they are, or :class:`Patch` objects,
@@ -150,10 +160,17 @@ def push(
         message: the commit message.
         report: an ``rws eval`` report (:class:`Report` or its JSON file).
         endpoint: the Hub URL (see the module doc).
+        create_pr: open a pull request with the commit instead of committing to the branch.
+        base_model: the Hub repo of the model the patches apply to (``base_model`` on the card).
+        dataset: the Hub dataset id of the evaluation data, ``ORG/NAME[:TASK]`` (``model-index``).
+        license: a Hub license id for the card.
+        eval_results: also write ``.eval_results/FILE.yaml`` for ``dataset`` (a benchmark id),
+            so the results appear on the benchmark's leaderboard.
 
     Raises:
-        HubReferenceError: a malformed repo id. UsageError: two patches with one file name, or a
-            commit as ``revision``.
+        HubReferenceError: a malformed repo or dataset id. UsageError: two patches with one file
+            name, a commit as ``revision``, ``create_pr`` on another branch than ``main``, or
+            ``eval_results`` without ``dataset`` and ``report``.
         PatchFormatError, InputFileError: a patch that cannot be read (nothing is uploaded).
         HubAuthError: no token (``hf auth login`` or ``HF_TOKEN``), or the Hub refused it.
         HubOfflineError, HubConnectionError, HubError: offline, unreachable, or refused.
@@ -167,11 +184,15 @@ def push(
     if revision is not None and _COMMIT.match(revision):
         raise UsageError(f"revision {revision!r}: pushing needs a branch name, not a commit")
     branch = revision or DEFAULT_REVISION
+    if create_pr and branch != DEFAULT_REVISION:
+        raise UsageError(f"--create-pr opens a pull request against main, not {branch!r}")
+    if eval_results and (dataset is None or report is None):
+        raise UsageError("eval results need the benchmark's dataset id (--dataset) and --report")
     url = hub_endpoint(endpoint)
     items = _named_patches(patches)
     rep = _load_report(report)
     pairs = [(name, p) for name, p, _ in items]
-    card = model_card(pairs, ref.repo_id, report=rep)
+    model_card(pairs, ref.repo_id, report=rep, base_model=base_model, dataset=dataset)  # checks
     if rep is not None and not report_matches(pairs, rep):
         logger.warning("the report evaluates none of these patches (by fingerprint): no results")
     if is_offline():
@@ -185,7 +206,20 @@ def push(
             "(pushing needs write access)",
         )
     api = HfApi(endpoint=url, **client_info())
-    names = [name for name, _ in pairs] + ["README.md"]
+    with translate_errors(ref, url, offline=False):
+        api.create_repo(ref.repo_id, private=private or None, exist_ok=True)
+        if branch != DEFAULT_REVISION:
+            api.create_branch(ref.repo_id, branch=branch, exist_ok=True)
+    held, old_card, old_config = _repo_state(api, HubRef(ref.repo_id, None, branch), url)
+    every = [(n, p) for n, p in held if n not in {m for m, _ in pairs}] + pairs
+    extra = {"README.md": model_card(every, ref.repo_id, report=rep, existing=old_card,
+                                     base_model=base_model, dataset=dataset,
+                                     license=license).encode()}  # fmt: skip
+    if (config := config_json(every, old_config)) is not None:
+        extra["config.json"] = config
+    if eval_results:
+        extra.update(eval_results_files(pairs, rep, dataset))  # type: ignore[arg-type]
+    names = [name for name, _ in pairs] + list(extra)
     with tempfile.TemporaryDirectory(prefix="rws-push-") as tmp:
         ops = []
         for name, p, path in items:
@@ -193,17 +227,39 @@ def push(
                 path = os.path.join(tmp, name)
                 p.save(path)
             ops.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=path))
-        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+        ops += [CommitOperationAdd(path_in_repo=n, path_or_fileobj=b) for n, b in extra.items()]
         logger.info("pushing %s to %s@%s on %s", ", ".join(names), ref.repo_id, branch, url)
         with translate_errors(ref, url, offline=False):
-            api.create_repo(ref.repo_id, private=private or None, exist_ok=True)
-            if branch != DEFAULT_REVISION:
-                api.create_branch(ref.repo_id, branch=branch, exist_ok=True)
             info = api.create_commit(
-                ref.repo_id, ops, revision=branch,
+                ref.repo_id, ops, revision=branch, create_pr=create_pr or None,
                 commit_message=message or f"Upload {len(items)} rws patch(es) and model card",
             )  # fmt: skip
-    return PushResult(ref.repo_id, branch, info.oid, str(info.commit_url), tuple(names))
+    return PushResult(ref.repo_id, branch, info.oid, str(info.commit_url), tuple(names),
+                      info.pr_url)  # fmt: skip
+
+
+def _repo_state(
+    api: object, ref: HubRef, url: str
+) -> tuple[list[tuple[str, Patch]], str | None, bytes | None]:
+    """What the branch holds now: its patches (earlier pushes), its card and its config.json."""
+    with translate_errors(ref, url, offline=False):
+        info = api.model_info(ref.repo_id, revision=ref.revision)  # type: ignore[attr-defined]
+    names = [s.rfilename for s in info.siblings or []]
+    commit = info.sha or ref.revision
+
+    def get(name: str) -> Path:
+        return fetch_file(HubRef(ref.repo_id, name, commit), url)
+
+    held = []
+    for name in names:
+        if name.endswith(".safetensors"):
+            try:
+                held.append((name, Patch.load(get(name))))
+            except PatchFormatError:
+                logger.debug("%s: not a patch, left out of the card", name)
+    card = get("README.md").read_text(encoding="utf-8") if "README.md" in names else None
+    config = get("config.json").read_bytes() if "config.json" in names else None
+    return held, card, config
 
 
 def _named_patches(
@@ -226,3 +282,6 @@ def _load_report(report: Report | str | os.PathLike[str] | None) -> Report | Non
     if report is None or not isinstance(report, str | os.PathLike):
         return report
     return Report.load_json(report)
+
+
+register_pusher(push)  # Patch.push_to_hub (rws.patching cannot import this layer)

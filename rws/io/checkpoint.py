@@ -31,8 +31,10 @@ from rws.io.atomic import is_folder_path
 from rws.io.hashing import file_sha256
 from rws.io.hub_fetch import resolve_path
 from rws.io.hub_ref import hub_reference
+from rws.io.outputs import check_input_file, check_output
 from rws.io.pickled import load_pickle
 from rws.io.safetensors_read import TensorFile
+from rws.io.shard_index import shard_files
 from rws.io.sniff import (
     EMPTY,
     JSON,
@@ -154,8 +156,11 @@ class SafetensorsCheckpoint(Checkpoint):
     """One or more safetensors files (a sharded folder is read through its index); wrapper
     prefixes on every name are stripped (see :func:`strip_prefixes`)."""
 
-    def __init__(self, path: PathLike, files: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, path: PathLike, files: dict[str, list[str]] | None = None, index: str | None = None
+    ) -> None:
         self.path = os.fspath(path)
+        self.index = index  # a sharded folder's index file
         self._files = list(files) if files is not None else [self.path]
         stored: dict[str, TensorFile] = {}
         self.metadata = {}
@@ -192,7 +197,7 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._where[name][1]
 
     def files(self) -> list[str]:
-        """The files this checkpoint reads."""
+        """The safetensors files this checkpoint reads (a sharded folder's shards)."""
         return list(self._files)
 
     def close(self) -> None:
@@ -243,14 +248,13 @@ def open_checkpoint(source: Source) -> Checkpoint:
         index = path / "model.safetensors.index.json"
         single = path / "model.safetensors"
         if index.is_file():
-            return _logged(SafetensorsCheckpoint(path, _shards(index)))
+            return _logged(SafetensorsCheckpoint(path, shard_files(index), os.fspath(index)))
         if single.is_file():
             return _logged(SafetensorsCheckpoint(single))
         raise InputFileError(
             path, "folder has no model.safetensors or model.safetensors.index.json"
         )
-    if not path.exists():
-        raise InputFileError(path, "no such file")
+    check_input_file(path)  # missing, or a FIFO or device (reading it would block)
     if not os.access(path, os.R_OK):
         raise InputFileError(path, "permission denied")
     return _logged(_open_file(path))
@@ -294,7 +298,7 @@ def _json_hint(path: Path, size: int) -> str:
         return ""
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a hint only: crafted JSON gets none
         return ""
     if isinstance(data, dict) and "weight_map" in data:
         return "; it is a safetensors index: give the folder that holds the shards"
@@ -302,23 +306,12 @@ def _json_hint(path: Path, size: int) -> str:
 
 
 def _logged(ck: Checkpoint) -> Checkpoint:
+    kind = {SafetensorsCheckpoint: "safetensors (read lazily)",
+            PickleCheckpoint: "torch.save (weights_only=True)"}.get(type(ck), "in memory")  # fmt: skip
+    logger.info("%s: read as %s, %d tensors", ck.path, kind, len(ck))
     if ck.unwrapped:
         logger.info("%s: took the weights from %s", ck.path, ", ".join(ck.unwrapped))
     return ck
-
-
-def _shards(index: Path) -> dict[str, list[str]]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(index, "not a valid safetensors index (no weight_map)") from None
-    files: dict[str, list[str]] = {}
-    for name, shard in weight_map.items():
-        files.setdefault(os.fspath(index.parent / shard), []).append(name)
-    for file in files:
-        if not os.path.isfile(file):
-            raise InputFileError(file, "shard listed in the index is missing")
-    return files
 
 
 def describe_source(source: Source) -> dict[str, str]:
@@ -338,15 +331,15 @@ def describe_source(source: Source) -> dict[str, str]:
 
 def input_paths(source: Source) -> list[str]:
     """Real paths of the files a source reads (to refuse writing an output over an input)."""
-    if isinstance(source, SafetensorsCheckpoint):
-        return [os.path.realpath(f) for f in source.files()]
+    if isinstance(source, SafetensorsCheckpoint):  # a sharded folder: its index counts too
+        return [os.path.realpath(f) for f in [*source.files(), *filter(None, [source.index])]]
     if isinstance(source, Checkpoint | nn.Module | Mapping):
         path = getattr(source, "path", "")
         return [os.path.realpath(path)] if path and os.path.exists(path) else []
     path = Path(source)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        return [os.path.realpath(f) for f in _shards(index)]
+        return [os.path.realpath(f) for f in [*shard_files(index), index]]
     if path.is_dir() and (path / "model.safetensors").is_file():
         return [os.path.realpath(path / "model.safetensors")]
     return [os.path.realpath(path)]
@@ -356,21 +349,24 @@ def check_output_path(output: PathLike, sources: Iterable[Source], *, folder: bo
     """Refuse an output path that would overwrite an input or is of the wrong kind; return it as
     a string.
 
-    ``folder``: the output is a folder (written for a checkpoint folder), refused when it is an
-    input folder or lies inside one, is a file, or is a folder that is not empty. Otherwise it is
-    a file, refused when it is a folder or is written as one (``out/``).
+    Every input's files count (a sharded folder's index and shards). ``folder``: the output is a
+    folder (written for a checkpoint folder), refused when it is an input folder or lies inside
+    one, is a file, or is a folder that is not empty. Otherwise it is a file, refused when it is
+    a folder or is written as one (``out/``). Then :func:`rws.io.outputs.check_output`: no
+    device, FIFO or system path, nothing inside the Hugging Face cache.
 
     Raises:
         OutputPathError: any of the above.
     """
     out = os.path.realpath(output)
     sources = list(sources)
-    for src in sources:
-        if out in input_paths(src):
-            raise OutputPathError(output, "is also an input; write to another path")
+    inputs = [p for src in sources for p in input_paths(src)]
+    if out in inputs:
+        raise OutputPathError(output, "is also an input; write to another path")
     if not folder:
         if is_folder_path(output):
             raise OutputPathError(output, "is a folder; give a file path")
+        check_output(output, inputs)
         return os.fspath(output)
     for src in sources:
         path = src.path if isinstance(src, Checkpoint) else src
@@ -387,4 +383,5 @@ def check_output_path(output: PathLike, sources: Iterable[Source], *, folder: bo
         raise OutputPathError(output, "is a file; the input is a folder: give a folder path")
     if os.path.isdir(out) and os.listdir(out):
         raise OutputPathError(output, "is a folder that is not empty; give a new or empty folder")
+    check_output(output, inputs, folder=True)
     return os.fspath(output)

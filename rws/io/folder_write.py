@@ -25,6 +25,7 @@ import torch
 
 from rws.errors import CheckpointError
 from rws.io.atomic import atomic_folder, write_atomic
+from rws.io.json_read import loads_strict
 from rws.io.safetensors_layout import nbytes
 from rws.io.safetensors_write import StreamWriter
 
@@ -187,8 +188,8 @@ def rewrite_index(index: str | os.PathLike, total_size: int) -> str:
         CheckpointError: not a JSON object with a ``weight_map``.
     """
     try:
-        data = json.loads(Path(index).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = loads_strict(Path(index).read_bytes(), index, "the safetensors index")
+    except OSError:
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise CheckpointError(index, "not a valid safetensors index (no weight_map)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import torch
 
 from rws.io.safetensors_layout import tensor_bytes
+
+logger = logging.getLogger(__name__)
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -33,6 +36,7 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    logger.info("%s: sha256 %s", os.fspath(path), h.hexdigest())
     return h.hexdigest()
 
 

@@ -10,8 +10,10 @@ plain paths pass through untouched. Settings are read at call time: the endpoint
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,13 +26,16 @@ from rws.errors import (
     HubConnectionError,
     HubError,
     HubFileNotFoundError,
+    HubIntegrityError,
     HubOfflineError,
     HubReferenceError,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
+    OutputFileError,
+    RwsError,
     UsageError,
 )
-from rws.io.hub_ref import HubRef, is_hub_ref, parse_ref
+from rws.io.hub_ref import HubRef, check_revision, is_hub_ref, parse_ref
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +141,15 @@ def fetch_file(ref: HubRef, url: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     offline = is_offline()
+    if ref.revision:
+        check_revision(ref.revision, ref.uri)
     logger.info("fetching %s from %s%s", ref.uri, url, " (offline: cache only)" if offline else "")
     with translate_errors(ref, url, offline=offline):
         path = hf_hub_download(
             ref.repo_id, ref.filename or "", revision=ref.revision, endpoint=url,
             local_files_only=offline, **client_info(),
         )  # fmt: skip
+    verify_cached(path, ref)
     return Path(path)
 
 
@@ -154,13 +162,60 @@ def fetch_snapshot(ref: HubRef, url: str, *, allow: list[str] | None) -> Path:
     from huggingface_hub import snapshot_download
 
     offline = is_offline()
+    if ref.revision:
+        check_revision(ref.revision, ref.uri)
     logger.info("fetching %s from %s%s", ref.uri, url, " (offline: cache only)" if offline else "")
     with translate_errors(ref, url, offline=offline):
         path = snapshot_download(
             ref.repo_id, revision=ref.revision, endpoint=url, allow_patterns=allow,
             local_files_only=offline, **client_info(),
         )  # fmt: skip
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            verify_cached(os.path.join(dirpath, name), ref)
     return Path(path)
+
+
+# --- integrity of the cache --------------------------------------------------------------------
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+_SHA1 = re.compile(r"[0-9a-f]{40}\Z")
+_verified: dict[tuple[str, int, int, int, int], bool] = {}  # (blob, inode, size, mtime, ctime)
+
+
+def blob_digest(path: str | os.PathLike[str], algorithm: str) -> str:
+    """A file's ``sha256``, or (``"git"``) its git blob id: sha1 of ``blob <size>\\0`` + bytes."""
+    h = hashlib.sha256() if algorithm == "sha256" else hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        if algorithm == "git":
+            h.update(b"blob %d\0" % os.fstat(fh.fileno()).st_size)
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_cached(path: str | os.PathLike[str], ref: HubRef) -> None:
+    """Check a file of the Hugging Face cache against its blob's name before it is used: the
+    cache names LFS blobs by their sha256 and other files by their git blob id. A file that is
+    not a cache blob (a local folder copy) is not checked (logged at debug level).
+
+    Raises:
+        HubIntegrityError: the bytes do not match the name (exit 4, naming the path).
+    """
+    blob = os.path.realpath(path)
+    name = os.path.basename(blob)
+    algorithm = "sha256" if _SHA256.match(name) else "git" if _SHA1.match(name) else None
+    if algorithm is None or os.path.basename(os.path.dirname(blob)) != "blobs":
+        logger.debug("%s: not a Hugging Face cache blob; not verified", path)
+        return
+    st = os.stat(blob)
+    key = (blob, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _verified:
+        return
+    found = blob_digest(blob, algorithm)
+    if found != name:
+        raise HubIntegrityError(ref.uri, os.fspath(path), blob, name, found)
+    _verified[key] = True
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -231,6 +286,14 @@ def translate_errors(ref: HubRef, url: str, *, offline: bool) -> Iterator[None]:
         raise HubError(f"{ref.uri}: the Hub rejected the model card: {_oneline(e)}") from None
     except _network_errors() as e:
         raise HubConnectionError(ref.uri, url, _oneline(e)) from None
+    except OSError as e:  # the cache folder: read-only HOME, disk full, permissions
+        if isinstance(e, RwsError):
+            raise
+        where = e.filename or "the Hugging Face cache"
+        raise OutputFileError(
+            where, f"cannot write the Hugging Face cache for {ref.uri} ({e.strerror or e}); "
+            "set HF_HOME or HF_HUB_CACHE to a writable folder",
+        ) from None  # fmt: skip
 
 
 def _http_error(ref: HubRef, url: str, err: Any) -> HubError:

@@ -58,8 +58,8 @@ def parse_ref(text: str | os.PathLike[str]) -> HubRef:
     """Parse ``hf://ORG/NAME[/FILE][@REV]`` (or ``hf://ORG/NAME@REV[/FILE]``).
 
     Raises:
-        HubReferenceError: anything else (missing ORG/NAME, bad names, ``..`` in FILE, two or
-            empty revisions, a dataset or Space repo).
+        HubReferenceError: anything else (missing ORG/NAME, bad names, ``..`` in FILE or REV,
+            two or empty revisions, a dataset or Space repo).
 
     Example:
         >>> parse_ref("hf://org/fog/fog.rws.safetensors@v1")
@@ -90,7 +90,23 @@ def parse_ref(text: str | os.PathLike[str]) -> HubRef:
             )
     if filename and any(seg in ("", ".", "..") for seg in filename.split("/")):
         raise HubReferenceError(text, f"bad file path {filename!r} in the repo")
+    if revision:
+        check_revision(revision, text)
     return HubRef(f"{org}/{name}", filename or None, revision or None)
+
+
+def check_revision(revision: str, ref: str | None = None) -> str:
+    """Refuse a revision that is no branch, tag or commit name: ``..``, ``.`` or empty segments,
+    a leading ``/``, a backslash or control characters (huggingface_hub writes a file named by the
+    revision in the cache: ``@../../x`` would write outside it). Returns ``revision``.
+
+    Raises:
+        HubReferenceError: a bad revision.
+    """
+    bad = any(seg in ("", ".", "..") for seg in revision.split("/"))
+    if bad or "\\" in revision or any(ord(c) < 0x20 or ord(c) == 0x7F for c in revision):
+        raise HubReferenceError(ref or revision, f"bad revision {revision!r}")
+    return revision
 
 
 def repo_ref(text: str) -> HubRef:

@@ -5,9 +5,12 @@ to load ``weights_only=False`` never shown."""
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
+import pickletools
 import re
 import struct
+import warnings
 import zipfile
 from typing import Any
 
@@ -36,7 +39,9 @@ def load_pickle(p: str) -> Any:
             'made, e.g. torch.save(model.state_dict(), "weights.pt"), or as safetensors',
         )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's protocol warnings would precede the one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = unsafe_globals(p, err)
         if unsafe:  # the pickle imports code: refused, and never unpickled more loosely
@@ -45,6 +50,9 @@ def load_pickle(p: str) -> Any:
             p, f"not a readable torch checkpoint ({_unpickling_detail(err)})"
         ) from None
     except (RuntimeError, EOFError, IndexError, ValueError, struct.error, OSError) as err:
+        unsafe = unsafe_globals(p, err)
+        if unsafe:
+            raise UnsafeInputError(p, _refusal(unsafe)) from None
         raise CheckpointError(p, f"not a readable torch checkpoint ({_oneline(err)})") from None
     return obj
 
@@ -63,10 +71,48 @@ def unsafe_globals(path: str, err: BaseException) -> list[str]:
     """The imports (``module.name``) that made ``weights_only`` loading refuse a pickle: read
     statically from a zip checkpoint (nothing is unpickled), else from torch's error."""
     found: set[str] = set()
-    with contextlib.suppress(Exception):  # legacy or broken files: torch's error names them
+    with contextlib.suppress(Exception):  # legacy or broken files: read the opcodes instead
         found.update(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    found.update(re.findall(r"GLOBAL ([\w.]+)", str(err)))
+    if not found:
+        found.update(pickle_globals(path))
+    if not found:
+        found.update(re.findall(r"GLOBAL ([\w.]+)", str(err)))
     return sorted(found)
+
+
+def pickle_globals(path: str, limit: int = 64 << 20) -> set[str]:
+    """``module.name`` of every GLOBAL / STACK_GLOBAL in the pickles a plain (legacy
+    ``torch.save`` or ``pickle``) file holds one after another, read from the opcodes with
+    :mod:`pickletools` (nothing is unpickled), except those ``weights_only`` allows; empty for
+    a file that is no pickle."""
+    allowed: set[str] = set()
+    with contextlib.suppress(Exception):  # a private torch helper: best effort
+        allowed.update(torch._weights_only_unpickler._get_allowed_globals())
+    found: set[str] = set()
+    with contextlib.suppress(Exception), open(path, "rb") as fh:
+        data = io.BytesIO(fh.read(limit))
+        while data.tell() < len(data.getbuffer()):
+            found.update(_globals(data))
+    return found - allowed - {k.split(".", 1)[-1] for k in allowed}
+
+
+def _globals(stream: io.BytesIO) -> set[str]:
+    """The globals one pickle in ``stream`` imports (the stream is left after its STOP)."""
+    out: set[str] = set()
+    strings: list[str] = []  # the last string pushes, for STACK_GLOBAL
+    memo: dict[int, str] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            out.add(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            out.add(f"{strings[-2]}.{strings[-1]}")
+        elif isinstance(arg, str) and "UNICODE" in op.name:
+            strings.append(arg)
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+            strings.append(memo[arg])
+    return out
 
 
 def _refusal(unsafe: list[str]) -> str:

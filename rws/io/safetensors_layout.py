@@ -25,6 +25,7 @@ DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float8_e5m2: "F8_E5M2",
 }
 CODE_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
+_ITEMSIZE: dict[torch.dtype, int] = {}
 
 
 def dtype_code(dtype: torch.dtype) -> str:
@@ -37,7 +38,10 @@ def dtype_code(dtype: torch.dtype) -> str:
 
 def nbytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
     """Bytes taken by a tensor of ``dtype`` and ``shape``."""
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    size = _ITEMSIZE.get(dtype)
+    if size is None:
+        size = _ITEMSIZE[dtype] = torch.empty((), dtype=dtype).element_size()
+    return math.prod(shape) * size
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

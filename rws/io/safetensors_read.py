@@ -10,7 +10,6 @@ file size), with one-line messages for the common failures (truncation, Git LFS 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 from collections.abc import Iterator
@@ -18,10 +17,14 @@ from typing import Any
 
 import torch
 
-from rws.errors import CheckpointError, InputFileError
+from rws.errors import CheckpointError, InputFileError, MalformedInputError
+from rws.io.json_read import loads_strict
+from rws.io.outputs import check_input_file
 from rws.io.safetensors_layout import CODE_DTYPES, nbytes
 
 MAX_HEADER = 100 << 20  # the safetensors library's limit
+CACHED_HEADER = 32 << 20  # the last few validated headers up to this size are kept
+_RECENT: dict[tuple[str, int, int, int, int], tuple[dict[str, Any], int]] = {}  # validated headers
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
@@ -29,11 +32,29 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
 
     Raises:
         InputFileError: the file cannot be read.
-        CheckpointError: truncated, not safetensors, a Git LFS pointer, or an inconsistent header.
+        InputKindError: not a regular file (a FIFO, a device).
+        CheckpointError: truncated, not safetensors, a Git LFS pointer, or an inconsistent header
+            (duplicate keys, dims or offsets that are not integers, overlaps, holes).
     """
-    p = os.fspath(path)
+    p = check_input_file(path)
     try:
-        size = os.path.getsize(p)
+        st = os.stat(p)
+    except OSError as err:
+        raise InputFileError(p, f"cannot read ({err.strerror or err})") from None
+    key = (os.path.realpath(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _RECENT:  # a file read twice by one command (is it a patch? then open it)
+        header, start = _RECENT[key]
+        return dict(header), start
+    header, start = _read_header(p, st.st_size)
+    if start <= CACHED_HEADER:
+        while len(_RECENT) >= 4:
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[key] = header, start
+    return dict(header), start
+
+
+def _read_header(p: str, size: int) -> tuple[dict[str, Any], int]:
+    try:
         with open(p, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
@@ -49,9 +70,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     except OSError as err:
         raise InputFileError(p, f"cannot read ({err.strerror or err})") from None
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(p, "the safetensors header is not valid JSON") from None
+        header = loads_strict(raw, p, "the safetensors header")
+    except MalformedInputError as e:
+        raise CheckpointError(p, e.reason) from None
     if not isinstance(header, dict):
         raise CheckpointError(p, "the safetensors header is not a JSON object")
     meta = header.get("__metadata__", {})
@@ -61,13 +82,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = CODE_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(p, f"tensor {name!r} has a malformed header entry") from None
-        if any(s < 0 for s in shape) or end - start != nbytes(dtype, shape):
+        start, end, why = _entry(info)
+        if why:
+            raise CheckpointError(p, f"tensor {name!r} has a malformed header entry: {why}")
+        if end - start != nbytes(CODE_DTYPES[info["dtype"]], info["shape"]):
             raise CheckpointError(
                 p, f"tensor {name!r}: its offsets do not match its shape and dtype"
             )
@@ -84,6 +102,26 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
             p, f"holds {size} bytes but its header describes {8 + n + pos} (truncated?)"
         )
     return header, 8 + n
+
+
+def _counts(values: object) -> bool:
+    """A list of non-negative integers (not bools, floats or strings)."""
+    return type(values) is list and all(type(v) is int and v >= 0 for v in values)
+
+
+def _entry(info: object) -> tuple[int, int, str]:
+    """A header entry's data offsets, or why the entry is malformed."""
+    if type(info) is not dict or "shape" not in info or "data_offsets" not in info:
+        return 0, 0, "a header entry needs dtype, shape and data_offsets"
+    dtype = info.get("dtype")
+    if type(dtype) is not str or dtype not in CODE_DTYPES:
+        return 0, 0, f"unknown dtype {str(dtype)[:20]!r}"
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not _counts(shape):
+        return 0, 0, f"shape {str(shape)[:40]} is not a list of non-negative integers"
+    if not _counts(offsets) or len(offsets) != 2:
+        return 0, 0, f"data_offsets {str(offsets)[:40]} are not two non-negative integers"
+    return offsets[0], offsets[1], ""
 
 
 class TensorFile:

@@ -14,8 +14,9 @@ from rws.io.checkpoint import Checkpoint, Source, describe_source, open_checkpoi
 from rws.io.unwrap import unwrap_module
 from rws.methods.registry import get_method
 from rws.patching import codecs
+from rws.patching.codec_map import CodecMapSpec, CodecPlan
 from rws.patching.order import GUESSED, DepthOrder, OrderSpec, resolve_order
-from rws.patching.patch import Patch, encode_deltas, provenance
+from rws.patching.patch import Patch, check_name, encode_deltas, provenance
 from rws.patching.selection import (
     Layer,
     by_energy,
@@ -27,6 +28,8 @@ from rws.patching.selection import (
     weights_only,
 )
 from rws.patching.selection import shallow as first_layers
+from rws.patching.sparsify import check_density, check_method
+from rws.patching.tensor import base_digest
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +171,10 @@ def extract(
     method: str = "delta",
     codec: str = "fp32",
     blocksize: int = codecs.DEFAULT_BLOCKSIZE,
+    codec_map: CodecMapSpec = None,
+    sparsify: str | None = None,
+    density: float = 1.0,
+    seed: int = 0,
     shallow: int | None = None,
     energy: float | None = None,
     running_stats: bool = False,
@@ -186,8 +193,15 @@ def extract(
         base, tuned: ``nn.Module``s, state dicts or checkpoint paths of one architecture.
         method: a registered method (``rws.list_methods()``).
         codec: ``fp32`` (default, lossless), ``fp16``, ``bf16``, ``int8``, ``bnb8``, ``nf4``,
-            ``fp4``.
+            ``fp4``: stores the weight matrices and kernels; 1-D tensors and ones below 256
+            elements stay in high precision (fp16 where exact enough, else fp32), recorded per
+            tensor (:mod:`rws.patching.codec_map`).
         blocksize: elements per quantization block (int8/bnb8/nf4/fp4).
+        codec_map: per-glob codecs overriding that, ``"bn*=fp32,layer1.*=int8"`` or a mapping;
+            every glob must match a selected tensor.
+        sparsify, density, seed: ``"topk"`` (largest magnitudes) or ``"dare"`` (seeded random
+            drop, rescaled) keeping a ``density`` share of each large tensor's elements before
+            the codec (:mod:`rws.patching.sparsify`).
         shallow: keep only the first K layers (conv/linear + bias + following norm layers).
         energy: keep the shallowest layers holding this fraction of the total ‖δ‖²/‖w‖², counted
             on weights: BatchNorm running statistics are left out of the count (they dominate
@@ -209,7 +223,9 @@ def extract(
         The patch; tensors whose delta is exactly zero are not stored (``patch.skipped``).
 
     Raises:
-        UsageError: an option the method does not take, a bad value, both selections given.
+        UsageError: an option the method does not take, a bad value, both selections given, a
+            ``codec_map`` glob matching no tensor, a density outside (0, 1], a tensor name
+            holding ``::``, a codec that cannot hold a delta.
         UnknownNameError: an unknown method or codec.
 
     Example:
@@ -218,6 +234,12 @@ def extract(
     if shallow is not None and energy is not None:
         raise UsageError("choose one of --shallow and --energy, not both")
     blockwise = codecs.get_codec(codec).blockwise
+    plan = CodecPlan.of(codec, codec_map)  # checked before any work
+    check_density(density)
+    if sparsify is not None:
+        check_method(sparsify)
+    elif density != 1.0:
+        raise UsageError(f"--density {density:g} goes with --sparsify topk|dare")
     m = get_method(method)
     opts = m.resolve_options(options, method_options)
     b, t, names, depth = _open_pair(base, tuned, include, exclude, order)
@@ -235,12 +257,17 @@ def extract(
         scores = [layer_energy(layer, e) for layer in layers]
         layers = by_energy(layers, scores, energy)
     chosen = {n for layer in layers for n in layer.tensors} | fixed
-    selected = [n for n in names if n in chosen]
+    selected = [check_name(n) for n in names if n in chosen]
+    plan.check(selected)
     tensors, skipped = encode_deltas(
         ((n, delta_of(n), b.get(n)) for n in selected),
         codec=codec,
         blocksize=blocksize,
         fixed=fixed,
+        codec_map=plan.overrides,
+        sparsify=sparsify,
+        density=density,
+        seed=seed,
     )
     selection = {"include": list(include or []), "exclude": list(exclude or [])}
     selection.update({"shallow": shallow, "energy": energy, "layers": [la.name for la in layers]})
@@ -258,13 +285,20 @@ def extract(
             method=method,
             codec=codec,
             blocksize=blocksize if blockwise else None,
+            codec_map=dict(plan.overrides) or None,
+            sparsify={"method": sparsify, "density": density, "seed": seed} if sparsify else None,
             selection=selection,
             base=describe_source(base),
             tuned=describe_source(tuned),
             **facts,
         ),
         skipped=skipped,
-        base={"numel": b.numel(), "tensors": len(b.keys()), "dtypes": _dtypes(b)},
+        base={
+            "numel": b.numel(),
+            "tensors": len(b.keys()),
+            "dtypes": _dtypes(b),
+            "sha256": base_digest({n: t.base_sha256 or "" for n, t in tensors.items()}),
+        },
     )
 
 

@@ -17,13 +17,11 @@ float64 or running-variance tensors, ``.pt`` inputs, removal) goes through whole
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import math
 import os
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +29,13 @@ from typing import Any
 
 import torch
 
-from rws.errors import CheckpointError, MissingTensorError, NonFiniteError
+from rws.errors import CheckpointError, MissingTensorError, UnverifiedError
 from rws.io.checkpoint import Checkpoint, SafetensorsCheckpoint, Source, open_checkpoint
 from rws.io.folder_write import FolderWriter
 from rws.io.hashing import tensor_sha256
 from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import StreamWriter
-from rws.patching.arith import DecodeInto, all_finite, patch_run
+from rws.patching.arith import DecodeInto, patch_run
 from rws.patching.codecs import range_decoder
 from rws.patching.format import applied_metadata
 from rws.patching.ops import (
@@ -45,10 +43,12 @@ from rws.patching.ops import (
     check_base,
     check_target,
     group_by_tensor,
+    non_finite,
     patch_tensor,
-    total_delta,
+    require_fingerprints,
 )
 from rws.patching.patch import Patch
+from rws.patching.undo import TensorUndo, Undo, lost
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Reader:
         runs: bool,
     ) -> None:
         self._ck, self._files, self._plan = ck, files, plan
-        self._hashing, self._runs = hashing, runs
+        self._hashing, self._runs, self.undo = hashing, runs, False
         self._items: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
         self._ahead = threading.Semaphore(AHEAD)
@@ -143,12 +143,12 @@ class Reader:
         self._items.put(("done",))
 
     def _tensor(self, name: str) -> None:
-        file, parts = self._files.get(name), self._plan.get(name)
+        n, file, parts = name, self._files.get(name), self._plan.get(name)
         if parts is None and file is not None:
             self._items.put(("copy", name, file))
             return
-        hashing = self._hashing and parts is not None
-        hashing = hashing and any(p.tensors[name].base_sha256 for p, _ in parts or ())
+        hashing = self._hashing and parts is not None  # undo: its base fingerprint, always
+        hashing = hashing and (self.undo or any(p.tensors[n].base_sha256 for p, _ in parts or ()))
         decoders = self._decoders(name, parts) if parts and file and self._runs else None
         if decoders is None or file is None:
             self._wait(self._ahead.acquire)
@@ -171,8 +171,12 @@ class Reader:
         self._items.put(("end", sha.hexdigest() if sha is not None else None))
 
     def _decoders(self, name: str, parts: Parts) -> list[tuple[DecodeInto, float, int]] | None:
-        """Run-wise decoders of every part (reading the patch data), or None: whole tensor."""
-        if self._ck.dtype(name) not in RUN_DTYPES or name.endswith("running_var"):
+        """Run-wise decoders of every part (reading the patch data), or None: whole tensor (also
+        for a tensor in another dtype than a patch's base: its check may need the values)."""
+        dtype = self._ck.dtype(name)
+        if dtype not in RUN_DTYPES or name.endswith("running_var"):
+            return None
+        if any(p.tensors[name].dtype != str(dtype).removeprefix("torch.") for p, _ in parts):
             return None
         out = []
         for p, alpha in parts:
@@ -211,12 +215,15 @@ class Patcher:
         force: bool,
         clamp_var: bool,
         inverse: bool,
+        undo: Undo | None = None,
+        corrections: dict[str, TensorUndo] | None = None,
     ) -> None:
         self.where, self.plan, self.spec = where, plan, spec
         self.force, self.clamp_var, self.inverse = force, clamp_var, inverse
-        self.report = PatchReport()
+        self.report, self.corrections = PatchReport(undo=undo), corrections or {}
         self._name = ""
         self._decoders: list[tuple[DecodeInto, float]] = []
+        self._lost: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def run(self, reader: Reader, writer: StreamWriter | FolderWriter) -> None:
         """Patch everything the reader yields, on one core (see :func:`_one_core`)."""
@@ -230,18 +237,28 @@ class Patcher:
     def _run(self, start: int, slot: torch.Tensor, n: int) -> None:
         dtype = self.spec[self._name][0]
         w = slot[: n * dtype.itemsize].view(dtype)
+        base = w.clone() if self.report.undo is not None else None
         if not patch_run(w, start, self._decoders, self._acc, self._tmp):
             non_finite(self._name, self.plan[self._name], dtype)
+        if base is not None:  # what remove will compute, the same operations in the same order
+            b = base.clone()
+            patch_run(w, start, self._decoders, self._acc, self._tmp, out=b, inverse=True)
+            self._lost.append(lost(base, b, start))
         self._writer.put(memoryview(slot.numpy())[: w.nbytes], lambda: self._reader.release(slot))
 
     def _begin(self, name: str, decoders: list[tuple[DecodeInto, float]]) -> None:
-        self._name, self._decoders = name, decoders
+        self._name, self._decoders, self._lost = name, decoders, []
         self._writer.begin(name)
 
     def _end(self, sha256: str | None) -> None:
-        if sha256 is not None:
-            parts = self.plan[self._name]
-            check_base(self.where, self._name, sha256, parts, self.report, self.force)
+        name, (dtype, shape) = self._name, self.spec[self._name]
+        if sha256 is None:
+            self.report.unchecked.append(name)  # forced: no fingerprint recorded
+        else:
+            parts = self.plan[name]
+            check_base(self.where, name, sha256, parts, self.report, self.force, dtype=dtype)
+            if self.report.undo is not None:
+                self.report.undo.add(name, self._lost, sha256, math.prod(shape))
         self.report.touched += 1
 
     def _copy(self, name: str, file: TensorFile) -> None:
@@ -262,6 +279,8 @@ class Patcher:
                 clamp_var=self.clamp_var,
                 inverse=self.inverse,
                 fingerprint=lambda: sha256 or "",  # "": nothing to check
+                undo=self.report.undo,
+                correction=self.corrections.get(name),
             )
         self._writer.write(name, t)
 
@@ -273,19 +292,11 @@ def _one_core() -> None:
     """Run this thread's torch operations on one core, leaving the other to the reader and the
     writer: on a busy machine a parallel operation stalls whenever one of its threads is
     descheduled. OpenMP keeps the thread count per thread, so this does not touch the process-wide
-    ``torch.get_num_threads()``. Best effort: a no-op without a findable OpenMP runtime."""
+    ``torch.get_num_threads()``. A no-op without a loaded OpenMP runtime."""
+    from threadpoolctl import threadpool_limits
+
     torch.ones(1).add_(1)  # torch initialises the count per thread on first use: do that first
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if _OPENMP.search(line)}
-    except OSError:
-        return
-    for lib in libs:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(lib).omp_set_num_threads(1)
-
-
-_OPENMP = re.compile(r"/lib(gomp|iomp5|omp)[^/]*\.so[^/]*$")
+    threadpool_limits(limits=1, user_api="openmp")  # omp_set_num_threads(1) in every runtime
 
 
 def stream(
@@ -299,11 +310,16 @@ def stream(
     inverse: bool,
     final_stack: Callable[[], list[dict[str, Any]]] | None = None,
     folder: str | None = None,
+    undo: Undo | None = None,
+    corrections: dict[str, TensorUndo] | None = None,
+    strict: bool = False,
 ) -> tuple[PatchReport, list[dict[str, Any]]]:
     """Stream ``source`` through the patches into ``output``, recording ``stack``; or, with
     ``final_stack``, the stack it returns, computed while the tensors stream (its JSON must be no
     longer than that of ``stack``, which holds its place in the header meanwhile). With
-    ``folder`` (the folder ``source`` was read from), ``output`` is a folder of the same layout."""
+    ``folder`` (the folder ``source`` was read from), ``output`` is a folder of the same layout.
+    Applying, ``undo`` collects the exact-undo correction; removing, ``corrections`` are written
+    back, and ``strict`` writes nothing unless every restored tensor is verified bit-exact."""
     ck = open_checkpoint(source)
     where = ck.path
     plan = group_by_tensor(items)
@@ -311,8 +327,11 @@ def stream(
         if name not in ck:
             raise MissingTensorError(name, where, "the patch was made for another model")
         check_target(where, name, parts, ck.shape(name), ck.dtype(name))
+    if not inverse:
+        require_fingerprints(where, plan, force)
     spec = {n: (ck.dtype(n), ck.shape(n)) for n in ck}
-    patcher = Patcher(where, plan, spec, force=force, clamp_var=clamp_var, inverse=inverse)
+    patcher = Patcher(where, plan, spec, force=force, clamp_var=clamp_var, inverse=inverse,
+                      undo=undo, corrections=corrections)  # fmt: skip
     files = tensor_files(ck)
     writer: StreamWriter | FolderWriter
     try:
@@ -323,11 +342,9 @@ def stream(
             layout, shard_meta = folder_layout(ck, folder, files)
             metas = {s: applied_metadata(m, stack) for s, m in shard_meta.items()}
             writer = FolderWriter(output, folder, layout, spec, metas, final=final_stack is None)
-        with (
-            Reader(ck, files, plan, hashing=not inverse, runs=not inverse) as reader,
-            writer,
-            ThreadPoolExecutor(1, thread_name_prefix="rws-patch") as pool,
-        ):
+        reader = Reader(ck, files, plan, hashing=not inverse, runs=not inverse)
+        reader.undo = undo is not None
+        with reader, writer, ThreadPoolExecutor(1, thread_name_prefix="rws-patch") as pool:
             done = pool.submit(patcher.run, reader, writer)
             try:
                 if final_stack is not None:
@@ -339,6 +356,8 @@ def stream(
                     else:
                         writer.set_metadata(applied_metadata(base_meta, stack))
                 done.result()
+                if strict and patcher.report.unverified:  # before the output is renamed in
+                    raise UnverifiedError(where, patcher.report.unverified)
             except BaseException:
                 reader.stop()  # the patcher runs out of items and returns
                 raise
@@ -369,11 +388,3 @@ def folder_layout(
         layout[name] = (shard, stored)
         meta.setdefault(shard, {"format": "pt", **tf.metadata})
     return layout, meta
-
-
-def non_finite(name: str, parts: Parts, dtype: torch.dtype) -> None:
-    """Raise the NonFiniteError :func:`rws.patching.ops.patch_tensor` raises for a non-finite result."""
-    labels = ", ".join(p.label for p, _ in parts)
-    if not all_finite(total_delta(name, parts, dtype)):
-        raise NonFiniteError(name, f"the delta of {labels}")
-    raise NonFiniteError(name, "the patched result")

@@ -12,6 +12,11 @@ encoding.
   about 2-3× in error; on Gaussian data ``int8`` wins (``benchmarks/bench_size.py``).
 - ``nf4`` / ``fp4``: bitsandbytes 4-bit blockwise; the ``QuantState`` is stored packed as tensors.
 
+A delta may be sparsified first (:mod:`rws.patching.sparsify`): the codec then codes the ``k``
+kept values as a 1-D tensor and ``NAME::mask`` or ``NAME::gaps`` says where they go;
+``params["sparse"]`` names the method. Element-wise codecs store their main part (``NAME`` or
+``NAME::q``) in the tensor's shape, so that a reader can take the shape from the file.
+
 Every codec says whether it is ``blockwise`` (stores one scale per ``blocksize`` elements, so the
 block size matters: int8, bnb8, nf4, fp4) and is looked up with :func:`get_codec`.
 """
@@ -19,49 +24,23 @@ block size matters: int8, bnb8, nf4, fp4) and is looked up with :func:`get_codec
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from rws.errors import CodecError, UsageError
-from rws.patching._readonly import ReadOnlyDict
+from rws.patching import sparsify as sparse
+from rws.patching.codec_types import SEP as SEP
+from rws.patching.codec_types import Encoded as Encoded
+from rws.patching.codec_types import numel as numel
+from rws.patching.codec_types import part as part
+from rws.patching.codecs_bnb import BnbEightBitCodec, BnbFourBitCodec
 from rws.registry import Registry
 
-SEP = "::"
 DEFAULT_BLOCKSIZE = 64
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One tensor's encoded form, immutable.
-
-    Attributes:
-        codec: the codec's name.
-        tensors: stored tensors by suffix (``""``: stored under the name); a plain dict is kept as
-            a read-only copy, a lazy mapping (a file's parts) as it is.
-        params: codec parameters (``blocksize``, ``rel_error`` …), a read-only copy.
-    """
-
-    codec: str
-    tensors: Mapping[str, torch.Tensor]
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tensors, dict) and not isinstance(self.tensors, ReadOnlyDict):
-            object.__setattr__(self, "tensors", ReadOnlyDict(self.tensors))
-        if not isinstance(self.params, ReadOnlyDict):
-            object.__setattr__(self, "params", ReadOnlyDict(self.params))
-
-    def nbytes(self) -> int:
-        """Bytes the stored tensors take (from the file header when the parts are lazy)."""
-        lazy = getattr(self.tensors, "nbytes", None)
-        if lazy is not None:
-            return int(lazy())
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 class Codec(Protocol):
@@ -109,17 +88,23 @@ class FloatCodec:
         self.name, self.dtype = name, dtype
 
     def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
-        return Encoded(self.name, {"": x.to(self.dtype).contiguous()})
+        y = x.to(self.dtype).contiguous()
+        if not bool(torch.isfinite(y).all()) and bool(torch.isfinite(x).all()):
+            big = float(x.abs().max())
+            raise UsageError(
+                f"tensor {name!r}: {self.name} cannot hold it (|delta| up to {big:.3g})"
+            )
+        return Encoded(self.name, {"": y})
 
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
-        t = _part(name, enc, "")
+        t = part(name, enc, "")
         if t.dtype != self.dtype:
             raise CodecError(name, f"{self.name} data stored as {t.dtype}")
         return t.to(torch.float32, copy=True).reshape(shape)  # the caller owns (and may mutate) it
 
     def ranges(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder:
-        t = _part(name, enc, "")
-        if t.dtype != self.dtype or t.numel() != _numel(shape):
+        t = part(name, enc, "")
+        if t.dtype != self.dtype or t.numel() != numel(shape):
             raise CodecError(name, f"{self.name} data stored as {t.dtype}{list(t.shape)}")
         flat = t.reshape(-1)
         return RangeDecoder(1, lambda start, out: out.copy_(flat[start : start + out.numel()]))
@@ -141,7 +126,7 @@ class Int8AbsmaxCodec:
         q = torch.round(blocks * (127.0 / safe)[:, None]).clamp_(-127, 127).to(torch.int8)
         return Encoded(
             self.name,
-            {"q": q.reshape(-1)[:n].contiguous(), "absmax": absmax.contiguous()},
+            {"q": q.reshape(-1)[:n].reshape(x.shape).contiguous(), "absmax": absmax.contiguous()},
             {"blocksize": blocksize},
         )
 
@@ -178,111 +163,14 @@ class Int8AbsmaxCodec:
     def _parts(
         self, name: str, enc: Encoded, shape: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        q, absmax = _part(name, enc, "q"), _part(name, enc, "absmax")
+        q, absmax = part(name, enc, "q").reshape(-1), part(name, enc, "absmax")
         bs = int(enc.params.get("blocksize", 0))
         n = q.numel()
         if q.dtype != torch.int8 or absmax.dtype != torch.float32 or bs <= 0:
             raise CodecError(name, "int8 data has the wrong dtypes or no blocksize")
-        if absmax.numel() != -(-n // bs) or n != _numel(shape):
+        if absmax.numel() != -(-n // bs) or n != numel(shape):
             raise CodecError(name, f"int8 data holds {n} values / {absmax.numel()} scales")
         return q, absmax, bs
-
-
-class BnbFourBitCodec:
-    """bitsandbytes 4-bit blockwise (``nf4`` or ``fp4``), state stored as packed tensors."""
-
-    blockwise = True
-
-    def __init__(self, quant_type: str) -> None:
-        self.name = self.quant_type = quant_type
-        self._state_key = f"quant_state.bitsandbytes__{quant_type}"
-        self.suffixes = ("q", "absmax", "quant_map", "state")
-
-    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
-        bnbf = _bitsandbytes()
-        flat = x.reshape(-1).to(torch.float32).contiguous()
-        try:
-            q, state = bnbf.quantize_4bit(flat, blocksize=blocksize, quant_type=self.quant_type)
-        except (ValueError, AssertionError, RuntimeError) as err:
-            raise UsageError(f"tensor {name!r}: {self.name} cannot encode it ({err})") from None
-        parts = state.as_dict(packed=True)
-        stored = {
-            "q": q.reshape(-1).contiguous(),
-            "absmax": parts["absmax"].contiguous(),
-            "quant_map": parts["quant_map"].contiguous(),
-            "state": parts[self._state_key].contiguous(),
-        }
-        return Encoded(self.name, stored, {"blocksize": blocksize})
-
-    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
-        bnbf = _bitsandbytes()
-        q = _part(name, enc, "q")
-        qs = {
-            "absmax": _part(name, enc, "absmax"),
-            "quant_map": _part(name, enc, "quant_map"),
-            self._state_key: _part(name, enc, "state"),
-        }
-        try:
-            state = bnbf.QuantState.from_dict(qs, device=torch.device("cpu"))
-            out = bnbf.dequantize_4bit(q.reshape(-1, 1), state)
-        except Exception as err:  # bitsandbytes raises assorted types on malformed state
-            raise CodecError(name, f"{self.name} data cannot be decoded ({err})") from None
-        if out.numel() != _numel(shape):
-            raise CodecError(name, f"{self.name} data decodes to {out.numel()} values")
-        return out.to(torch.float32).reshape(shape)
-
-
-class BnbEightBitCodec:
-    """bitsandbytes 8-bit blockwise with its dynamic (non-uniform) code map, stored as tensors."""
-
-    suffixes = ("q", "absmax", "code")
-    name = "bnb8"
-    blockwise = True
-
-    def encode(self, name: str, x: torch.Tensor, blocksize: int) -> Encoded:
-        bnbf = _bitsandbytes()
-        flat = x.reshape(-1).to(torch.float32).contiguous()
-        q, state = bnbf.quantize_blockwise(flat, blocksize=blocksize)
-        stored = {"q": q.contiguous(), "absmax": state.absmax.contiguous(), "code": state.code}
-        return Encoded(self.name, stored, {"blocksize": blocksize})
-
-    def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
-        bnbf = _bitsandbytes()
-        q, absmax, code = (_part(name, enc, k) for k in self.suffixes)
-        bs = int(enc.params.get("blocksize", 0))
-        if q.dtype != torch.uint8 or q.numel() != _numel(shape) or bs <= 0:
-            raise CodecError(name, "bnb8 data has the wrong dtype, size or no blocksize")
-        if absmax.numel() != -(-q.numel() // bs) or code.numel() != 256:
-            raise CodecError(
-                name, f"bnb8 data holds {absmax.numel()} scales / {code.numel()} codes"
-            )
-        try:
-            out = bnbf.dequantize_blockwise(q, absmax=absmax, code=code, blocksize=bs)
-        except Exception as err:  # bitsandbytes raises assorted types on malformed input
-            raise CodecError(name, f"bnb8 data cannot be decoded ({err})") from None
-        return out.to(torch.float32).reshape(shape)
-
-
-def _bitsandbytes() -> Any:
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import bitsandbytes.functional as bnbf
-
-    return bnbf
-
-
-def _part(name: str, enc: Encoded, suffix: str) -> torch.Tensor:
-    try:
-        return enc.tensors[suffix]
-    except KeyError:
-        key = name + (SEP + suffix if suffix else "")
-        raise CodecError(name, f"{enc.codec} data lacks stored tensor {key!r}") from None
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 CODECS.add("fp32", FloatCodec("fp32", torch.float32), summary="float32 delta (exact)")
@@ -318,9 +206,26 @@ def list_codecs(pattern: str = "*") -> list[str]:
 
 
 def encode(
-    name: str, x: torch.Tensor, codec: str = "fp32", *, blocksize: int = DEFAULT_BLOCKSIZE
+    name: str,
+    x: torch.Tensor,
+    codec: str = "fp32",
+    *,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    sparsify: str | None = None,
+    density: float = 1.0,
+    seed: int = 0,
 ) -> Encoded:
-    """Encode one delta tensor and record its relative reconstruction error in ``params``.
+    """Encode one delta tensor (sparsified first, if asked) and record its relative
+    reconstruction error against ``x`` in ``params`` (3 significant digits).
+
+    Args:
+        name, x: the tensor's name and float delta.
+        codec, blocksize: the codec and its block size (blockwise codecs).
+        sparsify, density, seed: ``"topk"`` or ``"dare"`` keeping a ``density`` share of the
+            elements (:mod:`rws.patching.sparsify`); ``seed`` draws DARE's drops.
+
+    Raises:
+        UsageError: a bad block size, sparsifier or density, or a codec that cannot hold ``x``.
 
     Example:
         >>> enc = encode("w", torch.randn(8, 8), "int8")
@@ -331,22 +236,44 @@ def encode(
         raise UsageError(f"blocksize {blocksize} must be a power of two >= 16")
     impl = get_codec(codec)
     x32 = x.detach().to("cpu", torch.float32)
-    enc = impl.encode(name, x32, blocksize)
+    if sparsify is not None:
+        d = sparse.check_density(density)
+        pos, values = sparse.select(name, x32, sparsify, d, seed)
+        inner = impl.encode(name, values, blocksize)
+        info = {"sparse": sparsify, "density": d} | ({"seed": seed} if sparsify == "dare" else {})
+        parts = {**inner.tensors, **sparse.pack_positions(pos, x32.numel())}
+        enc = Encoded(codec, parts, {**inner.params, **info})
+    else:
+        enc = impl.encode(name, x32, blocksize)
     rel_error = 0.0
-    if codec != "fp32":
-        back = impl.decode(name, enc, tuple(x32.shape))
+    if codec != "fp32" or sparsify is not None:
+        back = decode(name, enc, tuple(x32.shape))
         norm = float(x32.norm())
         rel_error = float((back - x32).norm()) / norm if norm > 0 else 0.0
-    return dataclasses.replace(enc, params={**enc.params, "rel_error": rel_error})
+    return dataclasses.replace(enc, params={**enc.params, "rel_error": float(f"{rel_error:.3g}")})
 
 
 def decode(name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode one stored tensor back to a float32 delta of ``shape``."""
-    return get_codec(enc.codec).decode(name, enc, tuple(shape))
+    impl = get_codec(enc.codec)
+    if "sparse" not in enc.params:
+        return impl.decode(name, enc, tuple(shape))
+    parts = {s: enc.tensors[s] for s in enc.tensors if s in sparse.POSITION_SUFFIXES}
+    pos = sparse.unpack_positions(name, parts, numel(tuple(shape)))
+    kept = {s: t for s, t in _items(enc) if s not in sparse.POSITION_SUFFIXES}
+    params = {k: v for k, v in enc.params.items() if k not in ("sparse", "density", "seed")}
+    values = impl.decode(name, Encoded(enc.codec, kept, params), (pos.numel(),))
+    return sparse.scatter(pos, values, tuple(shape))
+
+
+def _items(enc: Encoded) -> list[tuple[str, torch.Tensor]]:
+    return [(s, enc.tensors[s]) for s in enc.tensors]
 
 
 def range_decoder(name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder | None:
     """A run-wise decoder of one stored tensor (its parts read now), or ``None`` when its codec
-    decodes only whole tensors."""
+    decodes only whole tensors (bitsandbytes codecs, sparsified deltas)."""
     ranges = getattr(get_codec(enc.codec), "ranges", None)
-    return ranges(name, enc, tuple(shape)) if ranges is not None else None
+    if ranges is None or "sparse" in enc.params:
+        return None
+    return ranges(name, enc, tuple(shape))

@@ -17,12 +17,22 @@ file instead.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rws.errors import NotAppliedError, OutputPathError, UsageError
+from rws.errors import (
+    CheckpointError,
+    MalformedInputError,
+    NotAppliedError,
+    OutputPathError,
+    UndoMismatchError,
+    UsageError,
+)
 from rws.io.atomic import is_folder_path
 from rws.io.checkpoint import (
     SafetensorsCheckpoint,
@@ -35,6 +45,9 @@ from rws.patching._stream import stream
 from rws.patching.format import read_applied
 from rws.patching.ops import PatchReport
 from rws.patching.patch import Patch, as_items
+from rws.patching.undo import Undo, undo_entry, undo_path
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,10 +57,33 @@ class FileResult:
     output: str
     report: PatchReport
     stack: list[dict[str, Any]]
+    undo_path: str | None = None  # apply(undo=True): the correction written; remove: the one used
 
 
 def _entry(p: Patch, scale: float, sha256: str | None = None) -> dict[str, Any]:
     return {"sha256": sha256 or p.fingerprint(), "name": p.label, "scale": scale}
+
+
+def check_stack(stack: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """The applied stack, each entry checked (a sha256 string, a name, a finite scale).
+
+    Raises:
+        CheckpointError: an entry lacks a field or has one of the wrong type (edited by hand).
+    """
+    for i, e in enumerate(stack):
+        scale = e.get("scale")
+        if not isinstance(e.get("sha256"), str):
+            why = "no 'sha256' string"
+        elif not isinstance(e.get("name"), str):
+            why = "no 'name' string"
+        elif isinstance(scale, bool) or not isinstance(scale, int | float):
+            why = f"'scale' {scale!r} is not a number"
+        elif not math.isfinite(scale):
+            why = f"'scale' {scale!r} is not finite"
+        else:
+            continue
+        raise CheckpointError(path, f"the 'rws.applied' metadata, entry {i + 1}: {why}")
+    return stack
 
 
 def _target(
@@ -88,23 +124,28 @@ def apply_file(
     force: bool = False,
     clamp_var: bool = False,
     folder: bool | None = None,
+    undo: bool = False,
 ) -> FileResult:
     """Write ``base`` with the patches added to ``output`` (safetensors), streamed.
 
     A checkpoint folder is written as a folder of the same layout unless ``output`` ends in
-    ``.safetensors`` (one file); ``folder`` True or False decides instead.
+    ``.safetensors`` (one file); ``folder`` True or False decides instead. With ``undo``, the
+    low bits rounding drops are written beside it (``OUT.undo.safetensors``,
+    :mod:`rws.patching.undo`), so that :func:`remove_file` restores every bit.
 
     Raises:
-        OutputPathError: ``output`` is one of the inputs, inside an input folder, a folder for a
-            one-file input, or a folder that is not empty.
-        MissingTensorError, ShapeMismatchError, BaseMismatchError (unless ``force``),
-        NonFiniteError: nothing is written.
+        OutputPathError: ``output`` (or its undo file) is one of the inputs, inside an input
+            folder, a folder for a one-file input, or a folder that is not empty.
+        MissingTensorError, ShapeMismatchError, BaseMismatchError, NoBaseFingerprintError
+        (unless ``force``), NonFiniteError, CheckpointError (a malformed applied stack),
+        UsageError (a NaN or infinite α): nothing is written.
     """
     items = [(p, a * scale) for p, a in as_items(patches)]
     sources = [p.source for p, _ in items if p.source]
     base, mirror, out = _target(base, output, folder, sources)
+    upath = check_output_path(undo_path(out), [base, *sources, out]) if undo else None
     ck = open_checkpoint(base)
-    prior = read_applied(ck.metadata, ck.path)
+    prior = check_stack(read_applied(ck.metadata, ck.path), ck.path)
 
     def final() -> list[dict[str, Any]]:
         return prior + [_entry(p, a * p.scale) for p, a in items]
@@ -124,8 +165,15 @@ def apply_file(
         inverse=False,
         final_stack=final if late else None,
         folder=mirror,
+        undo=Undo([undo_entry(p, a * p.scale) for p, a in items]) if upath else None,
     )
-    return FileResult(out, report, stack)
+    if upath and report.undo is not None:
+        try:
+            report.undo.save(upath)
+        except BaseException:  # the output without its undo file is not what was asked for
+            shutil.rmtree(out) if os.path.isdir(out) else os.unlink(out)
+            raise
+    return FileResult(out, report, stack, upath)
 
 
 def remove_file(
@@ -135,22 +183,35 @@ def remove_file(
     *,
     force: bool = False,
     folder: bool | None = None,
+    undo: str | os.PathLike | bool | None = None,
+    strict: bool = False,
 ) -> FileResult:
     """Write ``patched`` with the patches taken off to ``output``, streamed.
 
     Each patch must be in the checkpoint's applied stack (newest match wins); with no α given, the
     recorded scale is used. The report counts the restored tensors that hash to the base
-    fingerprints recorded in the patches again (bit-exact restoration as a checked fact). Folders
-    and ``folder`` as for :func:`apply_file`.
+    fingerprints recorded in the patches again (``exact``: bit-exact restoration as a checked
+    fact); the rest are ``unverified``. Folders and ``folder`` as for :func:`apply_file`.
+
+    ``undo``: the correction an ``apply_file(…, undo=True)`` wrote, which restores every bit
+    (proven by the base fingerprints it recorded): a path; None uses ``PATCHED.undo.safetensors``
+    when it exists and fits (else plain subtraction, with a warning); False never uses one.
+    ``strict``: write nothing unless every restored tensor is verified.
 
     Raises:
         NotAppliedError: a patch is not in the stack (unless ``force``).
+        UndoMismatchError: the given undo file records other patches or scales.
+        UnverifiedError: ``strict`` and a tensor is not verified bit-exact.
     """
     pairs = [(x, None) if isinstance(x, Patch) else (x[0], x[1]) for x in patches]
     sources = [p.source for p, _ in pairs if p.source]
+    if isinstance(undo, str | os.PathLike):  # an input too: never written over
+        sources.append(os.fspath(undo))
+    elif undo is None and isinstance(patched, str | os.PathLike):
+        sources += [u for u in [undo_path(patched)] if os.path.isfile(u)]
     patched, mirror, out = _target(patched, output, folder, sources)
     ck = open_checkpoint(patched)
-    stack = list(read_applied(ck.metadata, ck.path))
+    stack = check_stack(list(read_applied(ck.metadata, ck.path)), ck.path)
     items: list[tuple[Patch, float]] = []
     for p, alpha in pairs:
         fp = p.fingerprint()
@@ -174,8 +235,30 @@ def remove_file(
             eff = p.scale if want is None else want
         else:
             eff = float(stack.pop(hit)["scale"])
-        items.append((p, eff / p.scale if p.scale else 0.0))
-    report, stack = stream(
-        ck, items, out, stack, force=force, clamp_var=True, inverse=True, folder=mirror
-    )
-    return FileResult(out, report, stack)
+        items.append((p.replace(scale=1.0), eff))  # α·scale exactly as applied: the same delta
+    items, fix, used, warning = _undo(undo, patched, ck.path, items)
+    report, stack = stream(ck, items, out, stack, force=force, clamp_var=True, inverse=True,
+                           folder=mirror, corrections=fix, strict=strict)  # fmt: skip
+    if warning:
+        report.warnings.append(warning)
+        logger.warning(warning)
+    return FileResult(out, report, stack, used)
+
+
+def _undo(
+    given: str | os.PathLike | bool | None, source: Any, where: str, items: list
+) -> tuple[list, dict | None, str | None, str]:
+    """The items in the undo file's order, its corrections, its path and a warning (an
+    automatically found file that does not fit is not used)."""
+    if given is False or (given is None and not isinstance(source, str | os.PathLike)):
+        return items, None, None, ""
+    path = undo_path(source) if given is None or given is True else os.fspath(given)
+    if given is None and not os.path.isfile(path):
+        return items, None, None, ""
+    try:
+        u = Undo.load(path)
+        return u.order(path, items), u.tensors, path, ""
+    except (UndoMismatchError, MalformedInputError) as err:
+        if given is not None:
+            raise
+        return items, None, None, f"{where}: undo file not used: {err}"

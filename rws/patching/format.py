@@ -10,9 +10,18 @@ Layout (DESIGN.md §3): for every patched tensor ``NAME``, the codec's stored te
      "provenance": {...}}
 
 Format 2 adds one optional per-tensor key, ``"fixed": true``: the tensor is applied at full weight
-whatever the scale (:mod:`rws.patching.tensor`). A patch is written as format 2 only when it has a
-fixed tensor, so that an rws that knows only format 1 refuses it instead of scaling a replacement;
-every other patch is still written, byte for byte, as format 1, and both load.
+whatever the scale (:mod:`rws.patching.tensor`).
+
+Format 3 (written since the compression issue; formats 1 and 2 still load) is lean: it stores only
+what the file cannot tell. Patch-wide ``dtype``, ``codec`` and ``blocksize`` defaults; per tensor
+only the differences, short keys (``s`` shape, ``t`` dtype, ``c`` codec, ``b`` block size, ``p``
+sparsity parameters, ``e`` codec error, ``d`` ‖δ‖, ``w`` ‖w‖, ``f`` the first 64 bits of the base
+tensor's sha256, ``fixed``), numbers to 3-4 significant digits; the shape only when the main stored
+tensor does not have it; ``base.sha256`` fingerprints the whole base; empty labels are left out.
+:func:`read_patch` expands every version to the format-1 entry layout.
+
+The manifest JSON is parsed strictly (:func:`rws.io.json_read.loads_strict`): a duplicate key, a
+non-finite number, a dimension that is not a non-negative integer are malformed input (exit 3).
 
 Readers refuse unknown major versions and kinds; unknown extra keys are kept and written back.
 Kinds come from :data:`PATCH_KINDS`: ``delta`` and ``composed`` are registered here, each method's
@@ -22,19 +31,24 @@ kind by :func:`rws.methods.register_method`, ``rift`` by :mod:`rws.recipes.rift`
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from rws.errors import CheckpointError, FormatVersionError, InputFileError, PatchFormatError
+from rws.errors import CheckpointError, FormatVersionError, PatchFormatError
+from rws.io.json_read import loads_strict
+from rws.io.outputs import check_input_file
 from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import save_tensors
+from rws.patching.codecs import CODECS
+from rws.patching.tensor import TensorDelta, is_fingerprint
 from rws.registry import Registry
 
-FORMAT_VERSION = 2  # the newest format read; written only by patches that need it
-PLAIN_FORMAT = 1  # what a patch without fixed tensors is written as
+FORMAT_VERSION = 3  # the newest format read, and the one written
 META_KEY = "rws"
 APPLIED_KEY = "rws.applied"
 SEP = "::"
@@ -72,13 +86,50 @@ register_kind("delta", "tuned − base on the selected tensors")
 register_kind("composed", "a weighted sum of patches, re-encoded (rws.compose, p1 + p2)")
 
 
+def _finite(obj: Any) -> Any:
+    """JSON-able ``obj`` with every NaN/inf float (an unmeasured value in a provenance, such as
+    a search point's metric) written as null: the manifest is strict JSON, read strictly."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_patch(
     path: str | os.PathLike, stored: Mapping[str, torch.Tensor], manifest: Mapping[str, Any]
 ) -> None:
-    """Write stored tensors and the manifest atomically (format 2 only with a fixed tensor)."""
-    fixed = any(info.get("fixed") for info in manifest.get("tensors", {}).values())
-    meta = {"format": FORMAT_VERSION if fixed else PLAIN_FORMAT, **manifest}
-    save_tensors(path, stored, {META_KEY: json.dumps(meta)})  # keeps depth order
+    """Write stored tensors and a format-3 manifest (:func:`tensor_table`'s) atomically."""
+    meta = _finite({"format": FORMAT_VERSION, **manifest})
+    text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    save_tensors(path, stored, {META_KEY: text})  # keeps depth order
+
+
+def tensor_table(tensors: Mapping[str, TensorDelta]) -> dict[str, Any]:
+    """The manifest's patch-wide defaults (the most common dtype, codec and block size) and
+    ``tensors`` table, format 3."""
+    defaults: dict[str, Any] = {}
+    for key, values in (
+        ("dtype", [t.dtype for t in tensors.values()]),
+        ("codec", [t.encoded.codec for t in tensors.values()]),
+        ("blocksize", [t.encoded.params.get("blocksize") for t in tensors.values()]),
+    ):
+        common = Counter(v for v in values if v is not None).most_common(1)
+        if common:
+            defaults[key] = common[0][0]
+    table = {n: t.manifest(defaults, shape_stored=_shape_stored(t)) for n, t in tensors.items()}
+    return {**defaults, "tensors": table}
+
+
+def _shape_stored(t: TensorDelta) -> bool:
+    """Whether the main stored tensor (``NAME`` or ``NAME::q``) has the tensor's shape."""
+    parts, main = t.encoded.tensors, "" if "" in t.encoded.tensors else "q"
+    if main not in parts or "sparse" in t.encoded.params:
+        return False
+    shape = parts.shape(main) if isinstance(parts, StoredParts) else parts[main].shape
+    return tuple(shape) == tuple(t.shape)
 
 
 class StoredParts(Mapping[str, torch.Tensor]):
@@ -100,6 +151,10 @@ class StoredParts(Mapping[str, torch.Tensor]):
         """Stored bytes, from the header (nothing is read)."""
         return sum(self._file.nbytes(k) for k in self._keys.values())
 
+    def shape(self, suffix: str) -> tuple[int, ...]:
+        """A stored part's shape, from the header (nothing is read)."""
+        return tuple(self._file.shape(self._keys[suffix]))
+
 
 def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, StoredParts]]:
     """Read a patch file's manifest; tensors are read lazily, one at a time, when decoded.
@@ -109,9 +164,7 @@ def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Store
         PatchFormatError: not safetensors, no or malformed manifest, parts missing or stray.
         FormatVersionError: a major format version this rws does not know.
     """
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise InputFileError(p, "no such file" if not os.path.exists(p) else "not a file")
+    p = check_input_file(path)  # missing, or a FIFO or device: refused before any open()
     try:
         file = TensorFile(p)
     except CheckpointError as err:
@@ -119,10 +172,7 @@ def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Store
     raw_meta = file.metadata.get(META_KEY)
     if raw_meta is None:
         raise PatchFormatError(p, "not an rws patch (no 'rws' metadata); is it a checkpoint?")
-    try:
-        manifest = json.loads(raw_meta)
-    except json.JSONDecodeError:
-        raise PatchFormatError(p, "the 'rws' metadata is not valid JSON") from None
+    manifest = loads_strict(raw_meta, p, "the 'rws' metadata")
     check_manifest(p, manifest)
     keys: dict[str, dict[str, str]] = {n: {} for n in manifest["tensors"]}
     for key in file:
@@ -130,7 +180,37 @@ def read_patch(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Store
         if name not in keys:
             raise PatchFormatError(p, f"stored tensor {key!r} is not in the manifest")
         keys[name][suffix] = key
-    return manifest, {n: StoredParts(file, k) for n, k in keys.items()}
+    parts = {n: StoredParts(file, k) for n, k in keys.items()}
+    if manifest["format"] >= 3:
+        manifest = _expand(p, manifest, parts)
+    return manifest, parts
+
+
+def _expand(path: str, m: dict[str, Any], parts: Mapping[str, StoredParts]) -> dict[str, Any]:
+    """A format-3 manifest with its tensor table in the format-1 layout."""
+    tensors = {}
+    for name, e in m["tensors"].items():
+        codec = e.get("c", m.get("codec"))
+        if "s" in e:
+            shape = list(e["s"])
+        else:
+            main = "" if "" in parts[name] else "q"
+            if main not in parts[name]:
+                raise PatchFormatError(path, f"tensor {name!r}: no shape and no stored tensor")
+            shape = list(parts[name].shape(main))
+        params: dict[str, Any] = {}
+        bs = e.get("b", m.get("blocksize"))
+        if CODECS.get(codec).blockwise and bs is not None:
+            params["blocksize"] = bs
+        params.update(e.get("p", {}))
+        params["rel_error"] = e.get("e", 0.0)
+        entry = {"shape": shape, "dtype": e.get("t", m.get("dtype")), "codec": codec,
+                 "params": params, "delta_l2": e.get("d", 0.0), "base_l2": e.get("w", 0.0),
+                 "base_sha256": e.get("f")}  # fmt: skip
+        if e.get("fixed"):
+            entry["fixed"] = True
+        tensors[name] = entry
+    return {**m, "tensors": tensors}
 
 
 def check_manifest(path: str, manifest: Any) -> None:
@@ -152,23 +232,76 @@ def check_manifest(path: str, manifest: Any) -> None:
     if not isinstance(kind, str) or kind not in PATCH_KINDS:
         raise PatchFormatError(path, f"unknown patch kind {kind!r}")
     scale = manifest.get("scale", 1.0)
-    if not isinstance(scale, int | float) or isinstance(scale, bool):
+    if not _is_number(scale):
         raise PatchFormatError(path, "'scale' is not a number")
     tensors = manifest.get("tensors")
     if not isinstance(tensors, dict):
         raise PatchFormatError(path, "the manifest has no 'tensors' table")
+    if version >= 3:
+        _check_defaults(path, manifest)
     for name, info in tensors.items():
         if not isinstance(info, dict):
             raise PatchFormatError(path, f"tensor {name!r}: manifest entry is not an object")
+        if version >= 3:
+            _check_entry(path, name, info, manifest)
+            continue
         for key in ("shape", "dtype", "codec"):
             if key not in info:
                 raise PatchFormatError(path, f"tensor {name!r}: manifest entry lacks {key!r}")
         if "fixed" in info and (not isinstance(info["fixed"], bool) or version < 2):
             raise PatchFormatError(path, f"tensor {name!r}: 'fixed' needs format 2 and true/false")
-        if not isinstance(info["shape"], list) or not all(
-            isinstance(s, int) and s >= 0 for s in info["shape"]
-        ):
-            raise PatchFormatError(path, f"tensor {name!r}: malformed shape {info['shape']!r}")
+        _check_shape(path, name, info["shape"])
+        _check_codec(path, name, info["codec"])
+        sha = info.get("base_sha256")
+        if sha is not None and not is_fingerprint(sha):
+            raise PatchFormatError(path, f"tensor {name!r}: malformed base_sha256 {sha!r}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_shape(path: str, name: str, shape: Any) -> None:
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        raise PatchFormatError(path, f"tensor {name!r}: malformed shape {shape!r}")
+
+
+def _check_codec(path: str, name: str, codec: Any) -> None:
+    if not isinstance(codec, str) or codec not in CODECS:
+        raise PatchFormatError(path, f"tensor {name!r}: unknown codec {codec!r}")
+
+
+def _check_defaults(path: str, m: Mapping[str, Any]) -> None:
+    for key in ("dtype", "codec"):
+        if key in m and not isinstance(m[key], str):
+            raise PatchFormatError(path, f"the manifest's {key!r} is not a string")
+    bs = m.get("blocksize")
+    if bs is not None and (type(bs) is not int or bs <= 0):
+        raise PatchFormatError(path, f"the manifest's 'blocksize' {bs!r} is not a positive integer")
+
+
+def _check_entry(path: str, name: str, e: Mapping[str, Any], m: Mapping[str, Any]) -> None:
+    """One format-3 tensor entry: known keys of the right types."""
+    known = {"s", "t", "c", "b", "p", "e", "d", "w", "f", "fixed"}
+    stray = sorted(set(e) - known)
+    if stray:
+        raise PatchFormatError(path, f"tensor {name!r}: unknown manifest keys {stray}")
+    if "s" in e:
+        _check_shape(path, name, e["s"])
+    _check_codec(path, name, e.get("c", m.get("codec")))
+    if not isinstance(e.get("t", m.get("dtype")), str):
+        raise PatchFormatError(path, f"tensor {name!r}: no dtype")
+    bs = e.get("b")
+    if bs is not None and (type(bs) is not int or bs <= 0):
+        raise PatchFormatError(path, f"tensor {name!r}: malformed block size {bs!r}")
+    if not all(_is_number(e[k]) for k in ("e", "d", "w") if k in e):
+        raise PatchFormatError(path, f"tensor {name!r}: a norm or error is not a number")
+    if not isinstance(e.get("p", {}), dict):
+        raise PatchFormatError(path, f"tensor {name!r}: 'p' is not an object")
+    if "f" in e and not is_fingerprint(e["f"]):
+        raise PatchFormatError(path, f"tensor {name!r}: malformed fingerprint {e['f']!r}")
+    if "fixed" in e and not isinstance(e["fixed"], bool):
+        raise PatchFormatError(path, f"tensor {name!r}: 'fixed' is not true/false")
 
 
 def read_applied(metadata: Mapping[str, str], path: str) -> list[dict[str, Any]]:
@@ -176,10 +309,7 @@ def read_applied(metadata: Mapping[str, str], path: str) -> list[dict[str, Any]]
     raw = metadata.get(APPLIED_KEY)
     if raw is None:
         return []
-    try:
-        stack = json.loads(raw)
-    except json.JSONDecodeError:
-        raise PatchFormatError(path, f"the {APPLIED_KEY!r} metadata is not valid JSON") from None
+    stack = loads_strict(raw, path, f"the {APPLIED_KEY!r} metadata")
     if not isinstance(stack, list) or not all(isinstance(e, dict) for e in stack):
         raise PatchFormatError(path, f"the {APPLIED_KEY!r} metadata is not a list of objects")
     return stack

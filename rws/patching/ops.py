@@ -6,7 +6,9 @@ back to ``w``'s dtype (:func:`~rws.patching.arith.add_delta`). Removal is plain 
 same sum, ``cast_w(w' − D)`` (:func:`~rws.patching.arith.sub_delta`): it restores each element to
 within one rounding, and bit for bit wherever adding ``D`` dropped no low bits of ``w`` (most
 elements; :mod:`rws.patching.arith` says why no formula recovers the others). The base
-fingerprints recorded in the patch then tell which restored tensors are exact.
+fingerprints recorded in the patch then tell which restored tensors are exact; an apply with
+``undo=True`` records the dropped bits so that removal restores every element
+(:mod:`rws.patching.undo`). The checks and the report live in :mod:`rws.patching.checks`.
 
 A module wrapped by ``torch.compile``, ``DataParallel`` or DDP is patched through the model inside
 (:func:`~rws.io.checkpoint.unwrap_module`), in place in its parameters; a state dict whose keys
@@ -18,47 +20,38 @@ losslessly); otherwise the error names both dtypes.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from rws.errors import (
-    BaseDtypeMismatchError,
-    BaseMismatchError,
-    IntegrityError,
-    MissingTensorError,
-    NonFiniteError,
-    ShapeMismatchError,
-)
-from rws.io.checkpoint import is_integer_dtype
+from rws.errors import MissingTensorError, NonFiniteError, UsageError
 from rws.io.hashing import tensor_sha256
 from rws.io.unwrap import strip_prefixes, unwrap_module
 from rws.patching.arith import add_delta, all_finite, compute_dtype, sub_delta
+from rws.patching.checks import (
+    PatchReport,
+    check_base,
+    check_restored,
+    check_result,
+    check_target,
+    require_fingerprints,
+)
 from rws.patching.patch import Patch, as_items
 from rws.patching.tensor import part_weights
+from rws.patching.undo import TensorUndo, Undo, lost, undo_entry
+
+__all__ = [
+    "PatchReport", "apply", "check_base", "check_restored", "check_result", "check_target",
+    "group_by_tensor", "non_finite", "patch_tensor", "patched", "remove", "require_fingerprints",
+    "total_delta",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 PatchArg = Patch | tuple[Patch, float]
-
-
-@dataclass
-class PatchReport:
-    """What an apply or remove did: tensors touched, fingerprint checks, warnings."""
-
-    touched: int = 0
-    checked: int = 0  # tensors whose base fingerprint was compared
-    exact: int = 0  # of those, how many matched bit for bit
-    mismatched: list[str] = field(default_factory=list)  # apply: forced past a fingerprint
-    inexact: list[str] = field(default_factory=list)  # remove: not restored bit for bit
-    warnings: list[str] = field(default_factory=list)
-    # apply: tensors in another dtype than the patch's base that match its fingerprint cast back
-    recast: list[str] = field(default_factory=list)
-    operating_point: dict[str, Any] | None = None  # rws.apply(scale="auto"): the search
 
 
 def group_by_tensor(
@@ -70,10 +63,14 @@ def group_by_tensor(
     (:func:`rws.patching.tensor.fixed_weights`), whatever the scales.
 
     Raises:
-        UsageError: a tensor fixed in one patch and scaled in another.
+        UsageError: a tensor fixed in one patch and scaled in another; a NaN or infinite α or scale.
     """
     out: dict[str, list[tuple[Patch, float]]] = {}
     for p, alpha in items:
+        if not math.isfinite(alpha * p.scale * scale):
+            raise UsageError(
+                f"patch {p.label}: α {alpha:g} × scale {p.scale * scale:g} is not finite"
+            )
         for name in p.tensors:
             out.setdefault(name, []).append((p, alpha * p.scale * scale))
     for name, parts in out.items():
@@ -99,90 +96,12 @@ def total_delta(
     return acc
 
 
-def check_target(
-    where: str,
-    name: str,
-    parts: Sequence[tuple[Patch, float]],
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-) -> None:
-    """Shape and dtype checks for one tensor before any arithmetic."""
-    for p, _ in parts:
-        t = p.tensors[name]
-        if tuple(t.shape) != tuple(shape):
-            raise ShapeMismatchError(name, t.shape, shape)
-    if is_integer_dtype(dtype):
-        raise IntegrityError(
-            f"{where}: tensor {name!r} is an integer buffer ({dtype}); not patched"
-        )
-
-
-def check_base(
-    where: str,
-    name: str,
-    found: str,
-    parts: Sequence[tuple[Patch, float]],
-    report: PatchReport,
-    force: bool,
-    *,
-    target: torch.Tensor | None = None,
-    dtype: torch.dtype | None = None,
-) -> None:
-    """Compare a tensor's sha256 with the base fingerprint each patch recorded for ``name``.
-
-    Given the tensor (``target``) in another dtype than a patch's base, it also matches when cast
-    back to the base's dtype losslessly: the same values (counted in ``report.recast``). Given
-    only its ``dtype``, a mismatch across dtypes says so.
-    """
-    expected = {(p.tensors[name].base_sha256, p.tensors[name].dtype) for p, _ in parts}
-    expected = {(e, d) for e, d in expected if e is not None}
-    if not expected:
-        return
-    report.checked += 1
-    dtype = target.dtype if target is not None else dtype
-    have = str(dtype).removeprefix("torch.") if dtype is not None else None
-    bad, recast = [], False
-    for sha, base_dtype in sorted(expected):
-        if sha == found:
-            continue
-        if target is not None and base_dtype != have and _cast_sha256(target, base_dtype) == sha:
-            recast = True
-            continue
-        bad.append((sha, base_dtype))
-    if not bad:
-        report.exact += 1
-        if recast:
-            report.recast.append(name)
-        return
-    if not force:
-        sha, base_dtype = bad[0]
-        if have is not None and base_dtype != have:
-            raise BaseDtypeMismatchError(where, name, sha, found, dtype=have, base_dtype=base_dtype)
-        raise BaseMismatchError(where, name, sha, found)
-    report.mismatched.append(name)
-
-
-def _cast_sha256(t: torch.Tensor, dtype: str) -> str | None:
-    """sha256 of ``t`` cast to ``dtype``, or None when the cast loses values (no exact check)."""
-    to = getattr(torch, dtype, None)
-    if not isinstance(to, torch.dtype):
-        return None
-    cast = t.to(to)
-    if not torch.equal(cast.to(t.dtype), t):
-        return None
-    return tensor_sha256(cast)
-
-
-def check_result(name: str, out: torch.Tensor, clamp_var: bool) -> torch.Tensor:
-    """BatchNorm running-variance check on a patched tensor (clamped at 0 on request)."""
-    if name.endswith("running_var") and bool((out <= 0).any()):
-        if not clamp_var:
-            raise IntegrityError(
-                f"tensor {name!r}: patching makes a running variance <= 0; "
-                "pass --clamp-var (clamp_var=True) to clamp it at 0"
-            )
-        out = out.clamp_min(0)
-    return out
+def non_finite(name: str, parts: Sequence[tuple[Patch, float]], dtype: torch.dtype) -> None:
+    """Raise the NonFiniteError :func:`patch_tensor` raises for a non-finite result."""
+    labels = ", ".join(p.label for p, _ in parts)
+    if not all_finite(total_delta(name, parts, dtype)):
+        raise NonFiniteError(name, f"the delta of {labels}")
+    raise NonFiniteError(name, "the patched result")
 
 
 def patch_tensor(
@@ -196,42 +115,34 @@ def patch_tensor(
     clamp_var: bool = False,
     inverse: bool = False,
     fingerprint: Callable[[], str] | None = None,
+    undo: Undo | None = None,
+    correction: TensorUndo | None = None,
 ) -> torch.Tensor:
     """The patched (or, with ``inverse``, un-patched) value of one tensor; ``w`` is not modified.
 
     ``fingerprint`` returns ``w``'s sha256 when the caller computes it concurrently (the file
-    path hashes in a background thread while this computes).
+    path hashes in a background thread while this computes). Applying, ``undo`` records the bits
+    removal would not bring back; removing, ``correction`` writes them back.
     """
     check_target(where, name, parts, tuple(w.shape), w.dtype)
     d = total_delta(name, parts, w.dtype).to(w.device)
-    out = sub_delta(w, d, inplace=True) if inverse else add_delta(w, d, inplace=True)
+    keep = undo is not None and not inverse
+    out = sub_delta(w, d, inplace=True) if inverse else add_delta(w, d, inplace=not keep)
     if not all_finite(out):  # a NaN/Inf delta shows here too; look at the delta only to say which
-        labels = ", ".join(p.label for p, _ in parts)
-        if not all_finite(total_delta(name, parts, w.dtype)):
-            raise NonFiniteError(name, f"the delta of {labels}")
-        raise NonFiniteError(name, "the patched result")
+        non_finite(name, parts, w.dtype)
     out = check_result(name, out, clamp_var)
     if inverse:
-        check_restored(name, out, parts, report)
+        if correction is not None:
+            out = correction.restore(name, out)
+        check_restored(name, out, parts, report, correction)
     else:
         found = fingerprint() if fingerprint else tensor_sha256(w)
         check_base(where, name, found, parts, report, force, target=w)
+        if undo is not None:  # what remove will compute, the same operations in the same order
+            back = check_result(name, sub_delta(out, d, inplace=True), True)
+            undo.add(name, [lost(w, back)], found, w.numel())
     report.touched += 1
     return out
-
-
-def check_restored(
-    name: str, out: torch.Tensor, parts: Sequence[tuple[Patch, float]], report: PatchReport
-) -> None:
-    """After a removal: does the tensor hash to the base fingerprint again?"""
-    expected = {p.tensors[name].base_sha256 for p, _ in parts} - {None}
-    if not expected:
-        return
-    report.checked += 1
-    if tensor_sha256(out) in expected:
-        report.exact += 1
-    else:
-        report.inexact.append(name)
 
 
 Target = nn.Module | MutableMapping[str, torch.Tensor]
@@ -293,30 +204,38 @@ def _run(
     force: bool,
     clamp_var: bool,
     inverse: bool,
+    undo: bool = False,
+    correction: Undo | None = None,
 ) -> PatchReport:
     state, where = _state(target)
-    plan = group_by_tensor(as_items(patches), scale)
+    items = as_items(patches)
+    if correction is not None:
+        items = correction.order(where, items, scale)
+        scale = 1.0
+    plan = group_by_tensor(items, scale)
     keys = _keys(state, plan, where)
+    if not inverse:
+        require_fingerprints(where, plan, force)
     new: dict[str, torch.Tensor] = {}
     report = PatchReport()
+    if undo:
+        report.undo = Undo([undo_entry(p, a * p.scale * scale) for p, a in items])
+    fixes = correction.tensors if correction is not None else {}
     for name, parts in plan.items():  # compute everything first: nothing changes on error
         w = state[keys[name]].detach()
         new[keys[name]] = patch_tensor(
-            where, name, w, parts, report, force=force, clamp_var=clamp_var, inverse=inverse
-        )
+            where, name, w, parts, report, force=force, clamp_var=clamp_var, inverse=inverse,
+            undo=report.undo, correction=fixes.get(name),
+        )  # fmt: skip
     _assign(target, state, new)
     for name in report.mismatched:
         msg = f"tensor {name!r} differs from the patch's base fingerprint"
         report.warnings.append(msg)
         logger.warning(msg)
     if report.recast:
-        logger.info(
-            "%s: %d tensor(s) in another dtype than the patch's base match its fingerprint cast "
-            "back (%s)",
-            where,
-            len(report.recast),
-            ", ".join(report.recast[:3]) + (", …" if len(report.recast) > 3 else ""),
-        )
+        shown = ", ".join(report.recast[:3]) + (", …" if len(report.recast) > 3 else "")
+        logger.info("%s: %d tensor(s) in another dtype than the patch's base match its "
+                    "fingerprint cast back (%s)", where, len(report.recast), shown)  # fmt: skip
     return report
 
 
@@ -326,22 +245,27 @@ def apply(
     scale: float = 1.0,
     force: bool = False,
     clamp_var: bool = False,
+    undo: bool = False,
 ) -> PatchReport:
     """Add patches to a module or state dict in place: ``w += scale·α·patch.scale·δ``.
 
     Each patch may be a ``Patch`` or ``(Patch, α)``. Everything is checked (names, shapes, base
     fingerprints, NaN/Inf) before any tensor changes. A ``torch.compile``d or ``DataParallel`` /
-    DDP module is patched through the model it wraps.
+    DDP module is patched through the model it wraps. With ``undo``, ``report.undo`` holds the
+    low bits rounding dropped (:mod:`rws.patching.undo`): ``remove(…, undo=report.undo)`` then
+    restores every element bit for bit.
 
     Raises:
         MissingTensorError, ShapeMismatchError, NonFiniteError, IntegrityError,
         BaseMismatchError (unless ``force``; BaseDtypeMismatchError when the target is in
-        another dtype than the patch's base and holds other values).
+        another dtype than the patch's base and holds other values), NoBaseFingerprintError
+        (unless ``force``: a tensor no patch records a base fingerprint for), UsageError (a NaN or
+        infinite α or scale).
 
     Example:
         >>> rws.apply(model, patch, scale=0.5)  # doctest: +SKIP
     """
-    return _run(target, patches, scale, force=force, clamp_var=clamp_var, inverse=False)
+    return _run(target, patches, scale, force=force, clamp_var=clamp_var, inverse=False, undo=undo)
 
 
 def remove(
@@ -349,18 +273,21 @@ def remove(
     *patches: PatchArg,
     scale: float = 1.0,
     force: bool = False,
+    undo: Undo | None = None,
 ) -> PatchReport:
     """Take patches off a module or state dict in place: ``w ← cast_w(w − scale·Σ α·δ)``.
 
     Plain subtraction: the inverse of :func:`apply` to within one rounding per element, bit for
-    bit for most elements. The report counts the restored tensors that hash to the base
-    fingerprints again, so "restored" is a checked fact. A running variance that would go ≤ 0 is
-    clamped at 0.
+    bit for most elements; with the ``undo`` an ``apply(…, undo=True)`` recorded (the same
+    patches and scales), bit for bit everywhere. The report counts the restored tensors that
+    hash to the base fingerprints again (``exact``), so "restored" is a checked fact; the others
+    are ``unverified``. A running variance that would go ≤ 0 is clamped at 0.
 
     Raises:
-        MissingTensorError, ShapeMismatchError, NonFiniteError, IntegrityError.
+        MissingTensorError, ShapeMismatchError, NonFiniteError, IntegrityError (also: ``undo``
+        recorded other patches or scales).
     """
-    return _run(target, patches, scale, force=force, clamp_var=True, inverse=True)
+    return _run(target, patches, scale, force=force, clamp_var=True, inverse=True, correction=undo)
 
 
 @contextmanager

@@ -295,7 +295,7 @@ def order_from_file(path: str | os.PathLike) -> DepthOrder:
     if p.suffix.lower() == ".json":
         try:
             names = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # crafted JSON too
             raise CheckpointError(p, f"not a JSON list of tensor names ({exc})") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CheckpointError(p, "not a JSON list of tensor names")

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,17 +24,27 @@ from typing import Any
 import torch
 
 from rws._version import __version__
-from rws.errors import BaseMismatchError, NonFiniteError, UsageError
-from rws.io.hashing import tensor_sha256
+from rws.errors import (
+    BaseMismatchError,
+    NonFiniteError,
+    PatchFormatError,
+    UnknownNameError,
+    UsageError,
+)
 from rws.io.hub_fetch import resolve_path
 from rws.io.safetensors_layout import tensor_bytes
 from rws.patching import codecs, format
+from rws.patching._hub import HubMixin
 from rws.patching._readonly import ReadOnlyDict, ReadOnlyList, thaw
-from rws.patching.tensor import TensorDelta, part_weights
+from rws.patching.codec_map import CodecMapSpec, CodecPlan, encode_tensor
+from rws.patching.encode import check_name, elect_signs, encode_deltas
+from rws.patching.tensor import TensorDelta, compact, part_weights, same_base
+
+__all__ = ["Patch", "as_items", "check_name", "compose", "encode_deltas", "load", "provenance"]
 
 
 @dataclass(frozen=True)
-class Patch:
+class Patch(HubMixin):
     """A set of weight deltas: ``w' = w + scale·delta`` for each named tensor; immutable.
 
     Arithmetic: ``patch * 0.5``, ``patch / 2`` and ``-patch`` change only ``scale`` (exact, no
@@ -138,6 +149,8 @@ class Patch:
     def __mul__(self, alpha: float) -> Patch:
         if not isinstance(alpha, int | float) or isinstance(alpha, bool):
             return NotImplemented
+        if not math.isfinite(alpha) or not math.isfinite(self.scale * float(alpha)):
+            raise UsageError(f"patch {self.label}: scale factor {alpha!r} is not a finite number")
         return self.replace(scale=self.scale * float(alpha))
 
     __rmul__ = __mul__
@@ -161,24 +174,29 @@ class Patch:
     # --- persistence ----------------------------------------------------------------------------
 
     def manifest(self) -> dict[str, Any]:
-        """The JSON manifest written into the file's metadata (a fresh, mutable copy)."""
+        """The JSON manifest written into the file's metadata, format 3 (a fresh, mutable copy;
+        empty labels left out, see :mod:`rws.patching.format`)."""
+        labels = {"name": self.name, "description": self.description, "tags": dict(self.tags),
+                  "skipped": list(self.skipped)}  # fmt: skip
         return {
             **thaw(self.extra),
             "kind": self.kind,
             "scale": self.scale,
-            "name": self.name,
-            "description": self.description,
-            "tags": dict(self.tags),
+            **{k: v for k, v in labels.items() if v},
             "provenance": thaw(self.provenance),
-            "skipped": list(self.skipped),
             "base": thaw(self.base),
-            "tensors": {n: t.manifest() for n, t in self.tensors.items()},
+            **format.tensor_table(self.tensors),
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the patch atomically as a safetensors file (format v1)."""
+        """Write the patch atomically as a safetensors file (format 3).
+
+        Raises:
+            UsageError: a tensor name holds ``::``, the format's separator.
+        """
         stored: dict[str, torch.Tensor] = {}
         for name, t in self.tensors.items():
+            check_name(name)
             for suffix, part in t.encoded.tensors.items():
                 stored[name + (format.SEP + suffix if suffix else "")] = part
         format.write_patch(path, stored, self.manifest())
@@ -191,7 +209,10 @@ class Patch:
         tensors: dict[str, TensorDelta] = {}
         for name, info in manifest["tensors"].items():
             codec = info["codec"]
-            codecs.get_codec(codec)  # unknown codec -> UnknownNameError listing the choices
+            try:
+                codecs.get_codec(codec)
+            except UnknownNameError as err:  # malformed input (3), not a usage error
+                raise PatchFormatError(p, f"tensor {name!r}: {err}") from None
             enc = codecs.Encoded(codec, parts[name], dict(info.get("params") or {}))
             tensors[name] = TensorDelta(
                 name=name,
@@ -205,6 +226,8 @@ class Patch:
             )
         known = {"format", "kind", "scale", "name", "description", "tags", "provenance"}
         known |= {"skipped", "base", "tensors"}
+        if not math.isfinite(manifest.get("scale", 1.0)):
+            raise PatchFormatError(p, f"'scale' {manifest['scale']!r} is not finite")
         return cls(
             tensors=tensors,
             kind=manifest["kind"],
@@ -238,42 +261,6 @@ def provenance(**fields: Any) -> dict[str, Any]:
     return base
 
 
-def encode_deltas(
-    deltas: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
-    *,
-    codec: str = "int8",
-    blocksize: int = codecs.DEFAULT_BLOCKSIZE,
-    fixed: Collection[str] = (),
-) -> tuple[dict[str, TensorDelta], list[str]]:
-    """Encode ``(name, delta, base)`` triples; exactly-zero deltas are skipped and listed.
-    Tensors named in ``fixed`` are marked fixed (applied whatever the scale; see
-    :mod:`rws.patching.tensor`).
-
-    Raises:
-        NonFiniteError: a delta holds NaN or Inf.
-    """
-    tensors: dict[str, TensorDelta] = {}
-    skipped: list[str] = []
-    for name, delta, base in deltas:
-        d32 = delta.detach().to(torch.float32)
-        if not torch.isfinite(d32).all():
-            raise NonFiniteError(name, "the delta")
-        if not d32.any():
-            skipped.append(name)
-            continue
-        tensors[name] = TensorDelta(
-            name=name,
-            shape=tuple(base.shape),
-            dtype=str(base.dtype).removeprefix("torch."),
-            encoded=codecs.encode(name, d32, codec, blocksize=blocksize),
-            base_sha256=tensor_sha256(base),
-            delta_l2=float(d32.norm()),
-            base_l2=float(base.detach().to(torch.float32).norm()),
-            fixed=name in fixed,
-        )
-    return tensors, skipped
-
-
 def compose(
     patches: Iterable[Patch | tuple[Patch, float]],
     *,
@@ -281,12 +268,23 @@ def compose(
     blocksize: int = codecs.DEFAULT_BLOCKSIZE,
     force: bool = False,
     name: str = "",
+    ties: bool = False,
+    codec_map: CodecMapSpec = None,
+    sparsify: str | None = None,
+    density: float = 1.0,
+    seed: int = 0,
 ) -> Patch:
-    """Weighted sum ``Σ αᵢ·scaleᵢ·δᵢ`` of patches, re-encoded with ``codec`` (result scale 1).
+    """Weighted sum ``Σ αᵢ·scaleᵢ·δᵢ`` of patches, re-encoded with ``codec`` (result scale 1;
+    small tensors in high precision, ``codec_map``, ``sparsify`` as in :func:`encode_deltas`).
 
     A fixed tensor (:mod:`rws.patching.tensor`) stays fixed: its delta is the mean of the
     replacements of the patches whose ``αᵢ·scaleᵢ`` is not 0 (signed), so ``compose([p])`` is
     ``p`` and the result applies as the patches applied together at scale 1 do.
+
+    ``ties=True``: TIES-style sign election instead of the sum, element by element: the sign of
+    ``Σ αᵢ·scaleᵢ·δᵢ`` is elected and the terms of that sign are averaged (the disjoint mean);
+    terms of the other sign and zeros are left out. Patches extracted with ``sparsify="topk"``
+    are TIES's trimmed task vectors.
 
     Raises:
         BaseMismatchError: two patches touch one tensor but were taken against different bases
@@ -301,23 +299,30 @@ def compose(
         for n, t in p.tensors.items():
             got = parts.setdefault(n, [])
             b0 = got[0][0].base_sha256 if got else None
-            if not force and b0 and t.base_sha256 and t.base_sha256 != b0:
+            if not force and b0 and t.base_sha256 and not same_base(t.base_sha256, b0):
                 raise BaseMismatchError(p.label, n, b0, t.base_sha256)
             got.append((t, alpha * p.scale))
     tensors: dict[str, TensorDelta] = {}
     skipped: list[str] = []
+    plan = CodecPlan.of(codec, codec_map)
     for n, got in parts.items():
-        d = torch.zeros(got[0][0].shape)
         weights = part_weights(n, [t.fixed for t, _ in got], [a for _, a in got])
-        for (t, _), w in zip(got, weights, strict=True):
-            d += t.decode() * w
+        if ties and not got[0][0].fixed:
+            d = elect_signs([t.decode() * w for (t, _), w in zip(got, weights, strict=True)])
+        else:
+            d = torch.zeros(got[0][0].shape)
+            for (t, _), w in zip(got, weights, strict=True):
+                d += t.decode() * w
         if not torch.isfinite(d).all():
             raise NonFiniteError(n, "the composed delta")
         if not d.any():
             skipped.append(n)
             continue
-        enc = codecs.encode(n, d, codec, blocksize=blocksize)
-        tensors[n] = dataclasses.replace(got[0][0], encoded=enc, delta_l2=float(d.norm()))
+        enc = encode_tensor(n, d, None, plan, blocksize=blocksize, sparsify=sparsify,
+                            density=density, seed=seed)  # fmt: skip
+        norm = compact(float(d.double().norm()))
+        tensors[n] = dataclasses.replace(got[0][0], encoded=enc, delta_l2=norm)
+    plan.check(list(parts))
     sources = [
         {"name": p.label, "sha256": p.fingerprint(), "alpha": a, "scale": p.scale} for p, a in items
     ]
@@ -326,9 +331,9 @@ def compose(
         tensors=tensors,
         kind="composed",
         name=name,
-        provenance=provenance(method="compose", sources=sources),
+        provenance=provenance(method="compose", sources=sources, ties=ties or None),
         skipped=skipped,
-        base=dict(first_patch.base),
+        base={k: v for k, v in first_patch.base.items() if k != "sha256"},  # other tensors
     )
 
 

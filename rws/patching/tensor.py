@@ -7,11 +7,18 @@ full weight whatever the patch's scale: ``--bn replace-all`` stores every BatchN
 the tensor alone (so α = 0 is still "no change" for an operating-point search) and α < 0 takes the
 replacement back off. Several patches fixing one tensor apply the **mean** of their replacements
 (the reference's average over robust models), so composing one patch gives that patch again.
+
+Base fingerprints: a patch made now records, per tensor, the first 64 bits of the base tensor's
+sha256 (16 hex digits, :data:`FINGERPRINT_HEX`) and, for the whole base, the full sha256 of the
+patched tensors' sha256s (:func:`base_digest`); files before format 3 hold full per-tensor
+sha256s. :func:`fingerprint_matches` compares either with a tensor's sha256.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +27,53 @@ import torch
 from rws.errors import UsageError
 from rws.patching import codecs
 from rws.patching._readonly import thaw
+
+FINGERPRINT_HEX = 16  # hex digits of a tensor's sha256 kept in a format-3 manifest (64 bits)
+_HEX = re.compile(r"[0-9a-f]{16,64}")
+
+
+def is_fingerprint(value: Any) -> bool:
+    """A base fingerprint as a manifest holds it: 16 to 64 lowercase hex digits."""
+    return isinstance(value, str) and _HEX.fullmatch(value) is not None
+
+
+def fingerprint_matches(expected: str, sha256: str) -> bool:
+    """Whether a tensor's full ``sha256`` (hex) matches a recorded fingerprint: the full digest
+    (format 1, 2) or its first 64 bits (format 3). Never true for an empty fingerprint.
+
+    Example:
+        >>> fingerprint_matches("ab" * 8, "ab" * 32), fingerprint_matches("", "ab" * 32)
+        (True, False)
+    """
+    return len(expected) >= FINGERPRINT_HEX and sha256.startswith(expected)
+
+
+def same_base(a: str, b: str) -> bool:
+    """Whether two recorded fingerprints (full or 64-bit) may name the same base tensor."""
+    n = min(len(a), len(b))
+    return n >= FINGERPRINT_HEX and a[:n] == b[:n]
+
+
+def base_digest(sha256s: Mapping[str, str]) -> str:
+    """The whole base's fingerprint: sha256 of ``"name:sha256\n"`` lines of the patched tensors'
+    full sha256s, in name order.
+
+    Example:
+        >>> len(base_digest({"w": "0" * 64}))
+        64
+    """
+    lines = "".join(f"{n}:{sha256s[n]}\n" for n in sorted(sha256s))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def compact(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (what a manifest stores of norms and errors).
+
+    Example:
+        >>> compact(2.5418641567230225)
+        2.542
+    """
+    return float(f"{x:.{digits}g}")
 
 
 @dataclass(frozen=True)
@@ -57,19 +111,34 @@ class TensorDelta:
         """The float32 delta (unscaled)."""
         return codecs.decode(self.name, self.encoded, self.shape)
 
-    def manifest(self) -> dict[str, Any]:
-        """This tensor's entry in the file's manifest (a fresh, mutable dict); ``fixed`` only
-        when set, so that entries of unfixed tensors are what format 1 wrote."""
-        entry = {
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "codec": self.encoded.codec,
-            "params": thaw(self.encoded.params),
-            "numel": self.numel,
-            "delta_l2": self.delta_l2,
-            "base_l2": self.base_l2,
-            "base_sha256": self.base_sha256,
-        }
+    def manifest(
+        self, defaults: Mapping[str, Any] | None = None, *, shape_stored: bool = False
+    ) -> dict[str, Any]:
+        """This tensor's entry in a format-3 manifest (a fresh, mutable dict): only what differs
+        from the patch-wide ``defaults`` (``dtype``, ``codec``, ``blocksize``) and what the file
+        cannot tell (the shape, unless ``shape_stored``: its main stored tensor has it).
+
+        Keys: ``s`` shape, ``t`` dtype, ``c`` codec, ``b`` block size, ``p`` other codec
+        parameters (sparsity), ``e`` relative codec error, ``d`` ‖δ‖, ``w`` ‖w‖, ``f`` base
+        fingerprint (64 bits), ``fixed``.
+        """
+        defaults = defaults or {}
+        params = thaw(self.encoded.params)
+        bs, err = params.pop("blocksize", None), params.pop("rel_error", 0.0)
+        entry: dict[str, Any] = {} if shape_stored else {"s": list(self.shape)}
+        if self.dtype != defaults.get("dtype"):
+            entry["t"] = self.dtype
+        if self.encoded.codec != defaults.get("codec"):
+            entry["c"] = self.encoded.codec
+        if bs is not None and bs != defaults.get("blocksize"):
+            entry["b"] = bs
+        if params:
+            entry["p"] = params
+        if err:
+            entry["e"] = compact(err, 3)
+        entry["d"], entry["w"] = compact(self.delta_l2), compact(self.base_l2)
+        if self.base_sha256:
+            entry["f"] = self.base_sha256[:FINGERPRINT_HEX]
         if self.fixed:
             entry["fixed"] = True
         return entry

@@ -45,7 +45,7 @@ def apply(
         device, progress: (auto) where the search evaluates; a progress bar.
         search: (auto) keywords of :func:`rws.recipes.extract.search_settings` (``corruptions``,
             ``max_clean_drop`` …); given directly as keywords they are taken as such too.
-        options: ``force``, ``clamp_var``.
+        options: ``force``, ``clamp_var``, ``undo``.
 
     Returns:
         The apply report; with ``auto`` its ``operating_point`` holds the chosen α and the curve.
@@ -55,7 +55,7 @@ def apply(
         >>> rep.operating_point["alpha"]  # doctest: +SKIP
     """
     search = dict(search or {})
-    for key in set(options) - {"force", "clamp_var"}:
+    for key in set(options) - {"force", "clamp_var", "undo"}:
         search[key] = options.pop(key)
     if scale != "auto":
         if data is not None or search:

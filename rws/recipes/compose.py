@@ -271,7 +271,9 @@ def compose(
         grid, severity, batch_size, seed, copy, device, progress: (search) coefficient grid,
             the corrupted validation copy (``copy="cycled"``: each image in one (corruption,
             severity) cell, not in every one), evaluation.
-        compose_options: ``codec``, ``blocksize``, ``force``, ``name``.
+        compose_options: ``codec``, ``blocksize``, ``force``, ``name``, ``ties`` (TIES-style sign
+            election instead of the sum), ``codec_map``, ``sparsify``, ``density``, ``seed``
+            (the result's encoding, as in :func:`rws.patching.patch.compose`).
 
     Returns:
         The composed patch; with ``search`` its provenance holds ``composition_search`` (the

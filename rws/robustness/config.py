@@ -16,10 +16,14 @@ from rws.robustness.corruptions import CORRUPTIONS, get_corruption
 from rws.robustness.corruptions.params import TABLES
 from rws.runtime.checks import check_positive
 from rws.runtime.device import DEVICE_PATTERN
+from rws.runtime.precision import Precision, check_precision
+from rws.runtime.seed import GeneratorPlace, generator_device
 
-__all__ = ["EvalConfig"]
+__all__ = ["AUTO_SEED_BATCH", "EvalConfig"]
 
-_FLAGS = ("amp", "check_masking", "checks", "strict", "force", "clamp_var")
+_FLAGS = ("amp", "channels_last", "compile", "check_masking", "checks", "strict", "force",
+          "clamp_var")  # fmt: skip
+AUTO_SEED_BATCH = 256  # the seeding batch of ``batch_size="auto"`` (the default batch size)
 _PARAMS = ("auto", *TABLES)
 
 
@@ -47,9 +51,20 @@ class EvalConfig:
         steps: attack iterations; None uses each attack's default.
         norm: ``"linf"`` or ``"l2"``.
         n_examples: evaluate the first ``n`` test examples (all when None).
-        batch_size: images per forward pass, also the unit of sharding and of seeding.
+        batch_size: images per forward pass, also the unit of sharding and of seeding; ``"auto"``
+            seeds and shards in batches of 256 (the inputs of ``batch_size=256``) and forwards as
+            many of them at once as fit the device's memory (probed on CUDA; 256 on the CPU).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
-        amp: autocast (bf16/fp16) for clean and corruption forwards on CUDA; attacks stay fp32.
+        amp: (older switch) autocast clean and corruption forwards on CUDA, bf16 where supported
+            else fp16, when ``precision`` is fp32; attacks stay fp32.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast of every forward (clean,
+            corrupted, attacked) on any device; attack losses and input gradients stay fp32, and
+            the attacked images are scored in fp32.
+        channels_last: channels-last memory for the model and the batches (same predictions).
+        compile: ``torch.compile`` the model for the run (the original is left as it was).
+        generator: where the random draws of corruptions and attacks are made: ``"device"`` (the
+            default: on a GPU a seeded CUDA generator, reproducible on the same device type and
+            seed; on the CPU the CPU generator) or ``"cpu"`` (the same images on every device).
         seed: root of every seed (corruptions, attacks, masking checks, bootstrap intervals).
         params: the corruption severity table: ``"cifar"``, ``"imagenet"``, ``"imagecorruptions"``
             (the package most detection/segmentation -C sets were made with) or ``"auto"``
@@ -85,9 +100,13 @@ class EvalConfig:
     steps: int | None = None
     norm: Literal["linf", "l2"] = "linf"
     n_examples: int | None = None
-    batch_size: int = 256
+    batch_size: int | Literal["auto"] = 256
     device: str = "auto"
     amp: bool = False
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    generator: GeneratorPlace = "device"
     seed: int = 0
     params: Literal["auto", "cifar", "imagenet", "imagecorruptions"] = "auto"
     corruption_source: str | None = None
@@ -110,7 +129,10 @@ class EvalConfig:
         for a in self.attack:
             ATTACKS.entry(a)
         put("eps", parse_eps(self.eps))
-        check_positive("batch_size", self.batch_size)
+        if self.batch_size != "auto":
+            check_positive("batch_size", self.batch_size)
+        check_precision(self.precision)
+        generator_device(self.generator, "cpu")  # UsageError for anything else
         check_positive("steps", self.steps, optional=True)
         check_positive("n_examples", self.n_examples, optional=True)
         check_positive("masking_examples", self.masking_examples)
@@ -118,6 +140,8 @@ class EvalConfig:
             raise UsageError("checks measure the attack: give an attack and keep check_masking")
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.norm == "linf" and self.eps > 1:  # images lie in [0, 1]
+            raise UsageError(f"eps {self.eps:g}: an L∞ radius must be in (0, 1], e.g. 8/255")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
             raise UsageError(f"unknown device {self.device!r}; choose cpu, cuda[:n] or auto")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -166,3 +190,8 @@ class EvalConfig:
         if source and source != "rws kernels":
             known["corruption_source"] = source
         return cls(**known)
+
+    @property
+    def seed_batch(self) -> int:
+        """Images per global batch: the unit of seeding and sharding."""
+        return AUTO_SEED_BATCH if self.batch_size == "auto" else int(self.batch_size)

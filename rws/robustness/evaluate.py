@@ -14,12 +14,14 @@ and gathered in order, so a run on N ranks reports exactly what one process woul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,11 +42,20 @@ from rws.robustness.corruptions import kernel_fidelity, resolve_table, table_lab
 from rws.robustness.inputs import EvalInputs
 from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
-from rws.robustness.stats import accuracy, add_holm, compare, compare_pooled
-from rws.runtime.device import on_device, resolve_device
+from rws.robustness.stats import accuracy
+from rws.robustness.streaming import evaluate_stream, is_batch_stream
+from rws.robustness.summary import build_variant, versus_base
+from rws.runtime.device import (
+    channels_last,
+    on_device,
+    probe_batch_size,
+    resolve_device,
+    to_device,
+)
 from rws.runtime.modes import eval_mode
+from rws.runtime.precision import Precision, autocast, autocast_dtype
 from rws.runtime.progress import progress_bar
-from rws.runtime.seed import derived_seed, generator
+from rws.runtime.seed import GeneratorPlace, derived_seed, generator, generator_device
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ PatchArg = Patch | tuple[Patch, float]
 DataArg = ImageDataset | Split | tuple[torch.Tensor, torch.Tensor] | str
 BaselineArg = Report | str | os.PathLike | nn.Module | None
 Advance = Callable[..., None]
+_AUTO_LIMIT = 16384  # the largest forward batch batch_size="auto" tries
 
 __all__ = ["EvalConfig", "evaluate"]
 
@@ -60,52 +72,80 @@ __all__ = ["EvalConfig", "evaluate"]
 
 
 @contextmanager
-def _evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode on ``device``; the modes and the original device come back on exit."""
-    with on_device(model, device), eval_mode(model):
+def _evaluating(model: nn.Module, device: torch.device, layout: bool = False) -> Iterator[None]:
+    """Eval mode on ``device`` (channels-last with ``layout``); the modes, the original device and
+    the memory format come back on exit."""
+    with on_device(model, device), eval_mode(model), channels_last(model, layout):
         yield
 
 
-def _predict(model: nn.Module, x: torch.Tensor, dev: torch.device, amp: bool) -> torch.Tensor:
-    on_cuda = dev.type == "cuda"
-    dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
-    with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=amp and on_cuda):
-        return model(x.to(dev)).argmax(1).cpu()
+@dataclass(frozen=True)
+class _Runtime:
+    """How the forwards run: device, precisions, layout, the module called, batches per forward."""
+
+    dev: torch.device
+    precision: Precision  # clean and corrupted forwards
+    attack_precision: Precision
+    channels_last: bool
+    place: GeneratorPlace
+    group: int = 1  # global batches per forward pass
+
+    def generator(self, *parts: object) -> torch.Generator:
+        return generator(derived_seed(*parts), generator_device(self.place, self.dev))
+
+
+def _predict(model: nn.Module, x: torch.Tensor, rt: _Runtime, precision: Precision) -> torch.Tensor:
+    """Predicted classes ``(N,)`` on the device; uint8 images are scaled to [0, 1] there."""
+    xd = to_device(x, rt.dev, channels_last=rt.channels_last)
+    xd = xd.float().div_(255.0) if xd.dtype == torch.uint8 else xd
+    with torch.no_grad(), autocast(precision, rt.dev):
+        return model(xd).argmax(1)
+
+
+def _forward_group(model: nn.Module, inp: EvalInputs, cfg: EvalConfig, rt: _Runtime) -> int:
+    """Global batches per forward: 1, or with ``batch_size="auto"`` on CUDA as many as fit."""
+    if cfg.batch_size != "auto" or not len(inp.local):
+        return 1
+    limit = min(_AUTO_LIMIT, len(inp.local) * inp.batch_size)
+    probe = lambda k: _predict(model, inp.x.new_zeros((k, *inp.x.shape[1:])), rt, rt.precision)  # noqa: E731
+    return probe_batch_size(probe, rt.dev, start=inp.batch_size, limit=limit) // inp.batch_size
 
 
 def _run_variant(
-    model: nn.Module, inp: EvalInputs, cfg: EvalConfig, dev: torch.device, advance: Advance,
-    attacks: bool = True,
+    model: nn.Module, inp: EvalInputs, cfg: EvalConfig, rt: _Runtime, advance: Advance,
+    attacks: bool = True, fwd: nn.Module | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
-    """Per-example correctness on this rank's batches, and the digests of what was fed."""
+    """Per-example correctness on this rank's batches, and the digests of what was fed. ``fwd``
+    (a compiled ``model``) runs the clean and corrupted forwards; results stay on the device
+    until the end, so the host queues the next batch while the device works."""
+    fwd = model if fwd is None else fwd
+    loc, off = inp.local, inp.offset
+    y = inp.y[off : off + sum(z - a for a, z in (inp.batches[b] for b in loc))].to(rt.dev)
+    groups = [range(b, min(b + rt.group, loc.stop)) for b in range(loc.start, loc.stop, rt.group)]
     res: dict[str, list[torch.Tensor]] = {}
     seen: dict[str, str] = {}
-    for b in inp.local:
-        a, z = inp.batches[b]
-        xb = inp.clean(b)
-        seen[f"clean#{b}"] = tensor_sha256(xb)
-        res.setdefault("clean", []).append(_predict(model, xb, dev, cfg.amp) == inp.y[a:z])
-    advance(len(inp.local))
-    for cell in inp.cells:
-        key = f"{cell[0]}/{cell[1]}"
-        for b in inp.local:
-            a, z = inp.batches[b]
-            q = inp.corrupted(cell, b)
-            seen[f"{key}#{b}"] = tensor_sha256(q)
-            xb = q.to(dev).float().div_(255.0)
-            res.setdefault(key, []).append(_predict(model, xb, dev, cfg.amp) == inp.y[a:z])
-        advance(len(inp.local))
+    for cell in [None, *inp.cells]:
+        key = "clean" if cell is None else f"{cell[0]}/{cell[1]}"
+        for g in groups:
+            for b in g:
+                seen[f"{key}#{b}"] = tensor_sha256(inp.clean(b) if cell is None else
+                                                   inp.corrupted(cell, b))  # fmt: skip
+            a, z = inp.batches[g[0]][0] - off, inp.batches[g[-1]][1] - off
+            pred = _predict(fwd, inp.images(cell, g), rt, rt.precision)
+            res.setdefault(key, []).append(pred == y[a:z])
+        advance(len(loc))
+    clean_ok = torch.cat(res["clean"])
     for name in cfg.attack if attacks else ():
-        for b, clean_ok in zip(inp.local, res.get("clean", []), strict=True):
-            a, z = inp.batches[b]
-            g = generator(derived_seed(cfg.seed, "attack", name, b))
-            xb, yb = inp.clean(b).to(dev), inp.y[a:z].to(dev)
-            x_adv = run_attack(model, xb, yb, name, eps=cfg.eps, steps=cfg.steps, norm=cfg.norm,
-                               generator=g)  # fmt: skip
-            ok = (_predict(model, x_adv, dev, amp=False) == inp.y[a:z]) & clean_ok
+        for b in loc:
+            a, z = inp.batches[b][0] - off, inp.batches[b][1] - off
+            xb = to_device(inp.clean(b), rt.dev)
+            x_adv = run_attack(model, xb, y[a:z], name, eps=cfg.eps, steps=cfg.steps,
+                               norm=cfg.norm, generator=rt.generator(cfg.seed, "attack", name, b),
+                               precision=rt.attack_precision)  # fmt: skip
+            ok = (_predict(model, x_adv, rt, "fp32") == y[a:z]) & clean_ok[a:z]
             res.setdefault(f"robust/{name}", []).append(ok)
             advance(1)
-    return {k: torch.cat(v) for k, v in res.items()}, seen
+    return {k: torch.cat(v).cpu() for k, v in res.items()}, seen
 
 
 def _masking(
@@ -116,7 +156,7 @@ def _masking(
     if dist.is_main():
         k = min(cfg.masking_examples, inp.x.shape[0])
         x, y = inp.x[:k].to(dev), inp.y[:k].to(dev)
-        g = generator(derived_seed(cfg.seed, "masking"))
+        g = generator(derived_seed(cfg.seed, "masking"), generator_device(cfg.generator, dev))
         found = (check_gradient_masking(model, x, y, norm=cfg.norm, large_eps=not cfg.checks,
                                         generator=g), {})  # fmt: skip
         if cfg.checks:  # the large-ε PGD runs here instead, with the same generator
@@ -127,50 +167,20 @@ def _masking(
     return dist.broadcast(found)
 
 
-# --- metrics ------------------------------------------------------------------------------------
+def _runtime_facts(rt: _Runtime, inp: EvalInputs, cfg: EvalConfig) -> dict[str, Any]:
+    """How the run ran: precisions and autocast dtype, layout, compile, the device's name, the
+    generator's device, images per forward pass, background building."""
+    dtype, cuda = autocast_dtype(rt.precision, rt.dev) or torch.float32, rt.dev.type == "cuda"
+    return {"precision": rt.precision, "autocast_dtype": str(dtype)[6:], "compile": cfg.compile,
+            "attack_precision": rt.attack_precision, "channels_last": rt.channels_last,
+            "device_name": torch.cuda.get_device_name(rt.dev) if cuda else "cpu",
+            "generator_device": generator_device(rt.place, rt.dev).type,
+            "forward_batch": rt.group * inp.batch_size, "background_inputs": cuda}  # fmt: skip
 
 
-def _variant(name: str, patches: list[dict[str, Any]], res: dict[str, torch.Tensor],
-             inp: EvalInputs, cfg: EvalConfig) -> Variant:  # fmt: skip
-    corr: dict[str, dict[int, float]] = {}
-    for c, s in inp.cells:
-        corr.setdefault(c, {})[s] = accuracy(res[f"{c}/{s}"])
-    cells = [a for sev in corr.values() for a in sev.values()]
-    return Variant(
-        name=name, patches=patches, clean=accuracy(res["clean"]), corruptions=corr,
-        mean_corruption=sum(cells) / len(cells) if cells else None, mce=None,
-        robust={a: accuracy(res[f"robust/{a}"]) for a in cfg.attack}, per_example=res,
-    )  # fmt: skip
-
-
-def _vs_base(base: Variant, v: Variant, inp: EvalInputs, cfg: EvalConfig) -> dict[str, Any]:
-    """Tests against the unpatched model: McNemar per cell, Wilcoxon over images per pooled row,
-    Holm-adjusted over every tested row of this variant (:mod:`rws.robustness.stats`)."""
-    pb, pv = base.per_example, v.per_example
-    family: list[dict[str, Any]] = []
-
-    def tested(cmp: dict[str, Any]) -> dict[str, Any]:
-        family.append(cmp)
-        return cmp
-
-    def cell(key: str) -> dict[str, Any]:
-        return tested(compare(pb[key], pv[key]))
-
-    def pooled(name: str, keys: list[str]) -> dict[str, Any]:
-        # (images, cells): every cell holds the same images in the same order
-        b, o = (torch.stack([p[k] for k in keys], dim=1) for p in (pb, pv))
-        return tested(compare_pooled(b, o, seed=derived_seed(cfg.seed, "bootstrap", name)))
-
-    out: dict[str, Any] = {"clean": cell("clean"), "corruptions": {}}
-    for c, sev in v.corruptions.items():
-        out["corruptions"][c] = pooled(c, [f"{c}/{s}" for s in sev])
-        out["corruptions"][c]["severities"] = {s: cell(f"{c}/{s}") for s in sev}
-    if inp.cells:
-        out["mean_corruption"] = pooled("mean_corruption", [f"{c}/{s}" for c, s in inp.cells])
-    out["mce"] = None if v.mce is None or base.mce is None else v.mce - base.mce
-    out["robust"] = {a: cell(f"robust/{a}") for a in cfg.attack}
-    add_holm(family)
-    return out
+def _vs_base(base: Variant, v: Variant, inp: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """:func:`~rws.robustness.summary.versus_base` over ``inp.cells`` and ``cfg``'s attacks and seed."""
+    return versus_base(base, v, inp.cells, cfg.attack, cfg.seed)
 
 
 # --- the entry point ----------------------------------------------------------------------------
@@ -223,6 +233,7 @@ def evaluate(
     patches: Sequence[PatchArg] = (),
     baseline: BaselineArg = None,
     progress: bool = False,
+    models: Sequence[tuple[str, nn.Module]] = (),
     **settings: Any,
 ) -> Report:
     """Evaluate ``model`` and each patched variant on the same clean, corrupted and attacked inputs.
@@ -231,9 +242,12 @@ def evaluate(
         model: the unpatched classifier (images in [0, 1], normalisation inside); restored exactly
             (weights, train/eval modes, device) on return.
         data: a dataset spec (``"digits"``, ``"cifar10c:DIR"`` …), an ``ImageDataset`` (its test
-            split is used), a ``Split`` or ``(x, y)``.
+            split is used), a ``Split`` or ``(x, y)``; or a ``DataLoader`` / any iterable of
+            ``(x, y)`` batches, read once and never held whole (:mod:`rws.robustness.streaming`).
         config: the settings (:class:`EvalConfig`); or give them as keywords instead.
         patches: each a ``Patch`` or ``(Patch, α)``: one patched variant each.
+        models: ``(name, module)`` pairs evaluated as whole variants on the same inputs, after
+            the patches (e.g. an ``rws.Router`` serving ``model``: the routed variant).
         baseline: for mCE: a ``Report`` or its JSON path (its unpatched model's errors), a model
             (evaluated on the same inputs) or ``"alexnet"`` (AlexNet ImageNet-C errors).
         progress: rich progress bars on stderr (rank 0 only).
@@ -251,6 +265,16 @@ def evaluate(
         >>> report = evaluate(model, "digits", corruptions=["fog"], attack="pgd")  # doctest: +SKIP
     """
     cfg = _config(config, settings)
+    if is_batch_stream(data):  # a DataLoader or any iterable of (x, y) batches: read once
+        if baseline is not None:
+            raise UsageError(
+                "a baseline needs the in-memory evaluation; give a dataset, not a loader"
+            )
+        if models:
+            raise UsageError(
+                "models=… needs the in-memory evaluation; give a dataset, not a loader"
+            )
+        return evaluate_stream(model, data, cfg, patches=patches, progress=progress)
     split, data_name, source = _test_split(data)
     source = cfg.corruption_source if cfg.corruption_source is not None else source
     total = len(split)
@@ -262,23 +286,30 @@ def evaluate(
     if cfg.amp and dev.type != "cuda":
         logger.info("amp is only used on CUDA; evaluating in fp32")
     cells = [(c, s) for c in cfg.corruptions for s in cfg.severities]
-    inp = EvalInputs.for_this_rank(split.x[:n], split.y[:n], cells, batch_size=cfg.batch_size)
+    inp = EvalInputs.for_this_rank(split.x[:n], split.y[:n], cells, batch_size=cfg.seed_batch)
     items = [_patch_info(p) for p in patches]
     errs, base_info = baseline_errors(baseline, inp.cells)
     show = progress and dist.is_main()
+    # the older amp switch: bf16 CUDA forwards (fp16 where bf16 is unsupported) when fp32
+    amp = cfg.precision == "fp32" and cfg.amp and dev.type == "cuda"
+    rt = _Runtime(dev, "bf16" if amp else cfg.precision, cfg.precision, cfg.channels_last,
+                  cfg.generator)  # fmt: skip
+    background = dev.type == "cuda"  # cells built on a side stream while the forwards run
     start = time.perf_counter()
-    with _evaluating(model, dev):
+    with _evaluating(model, dev, cfg.channels_last):
+        rt = dataclasses.replace(rt, group=_forward_group(model, inp, cfg, rt))
+        fwd = torch.compile(model) if cfg.compile else model
         with progress_bar("caching corrupted inputs", len(inp.local) * len(cells),
-                          enabled=show) as advance:  # fmt: skip
-            inp.build(seed=cfg.seed, params=cfg.params, source=source, device=dev, advance=advance)
+                          enabled=show and not background) as advance:  # fmt: skip
+            inp.build(seed=cfg.seed, params=cfg.params, source=source, device=dev,
+                      advance=advance, generator=cfg.generator, background=background)  # fmt: skip
         keys = ["clean"] + [f"{c}/{s}" for c, s in inp.cells]
-        inputs_sha = dist.combined_digest(dist.gather_results({}, inp.digests)[1], keys,
-                                          len(inp.batches))  # fmt: skip
         steps = len(inp.local) * (1 + len(inp.cells) + len(cfg.attack)) or 1
         if isinstance(baseline, nn.Module):
-            with _evaluating(baseline, dev), progress_bar("baseline model", steps,
-                                                          enabled=show) as advance:  # fmt: skip
-                local = _run_variant(baseline, inp, cfg, dev, advance, attacks=False)
+            with _evaluating(baseline, dev, cfg.channels_last), progress_bar(
+                "baseline model", steps, enabled=show
+            ) as advance:  # fmt: skip
+                local = _run_variant(baseline, inp, cfg, rt, advance, attacks=False)
                 res, _ = dist.gather_results(*local)
             errs = {c: {s: 1.0 - accuracy(res[f"{c}/{s}"]) for cc, s in inp.cells if cc == c}
                     for c, _ in inp.cells}  # fmt: skip
@@ -289,20 +320,23 @@ def evaluate(
         checks: dict[str, Any] = {}
         plan: list[tuple[str, list[dict[str, Any]], PatchArg | None]] = [("base", [], None)]
         plan += [(nm, [info], p) for (nm, info), p in zip(items, patches, strict=True)]
+        plan += [(nm, [{"name": nm, "model": type(m).__name__}], m) for nm, m in models]
         used: set[str] = set()
         for name, infos, item in plan:
             while name in used:
                 name += "'"
             used.add(name)
+            whole = isinstance(item, nn.Module)  # a models=… variant: run it, patch nothing
+            net = item if whole else model
             ctx = (
                 nullcontext()
-                if item is None
+                if item is None or whole
                 else patched(model, item, force=cfg.force, clamp_var=cfg.clamp_var)
             )
             with ctx, progress_bar(f"evaluating {name}", steps, enabled=show) as advance:
-                local, seen = _run_variant(model, inp, cfg, dev, advance)
+                local, seen = _run_variant(net, inp, cfg, rt, advance, fwd=net if whole else fwd)
                 masking = cfg.attack and cfg.check_masking
-                found, checked = _masking(model, inp, cfg, dev) if masking else ([], {})
+                found, checked = _masking(net, inp, cfg, dev) if masking else ([], {})
             res, seen = dist.gather_results(local, seen)
             seen_sha[name] = dist.combined_digest(seen, keys, len(inp.batches))
             warnings += [f"{name}: {w}" for w in found]
@@ -313,11 +347,14 @@ def evaluate(
                 raise EvaluationError(
                     f"variant {name}: {found[0]}{more}; evaluation refused (--strict)"
                 )
-            v = _variant(name, infos, res, inp, cfg)
+            v = build_variant(name, infos, res, inp.cells, cfg.attack)
             v.mce = mean_corruption_error(v, errs)
             if variants:
                 v.vs_base = _vs_base(variants[0], v, inp, cfg)
             variants.append(v)
+        inp.wait()
+        inputs_sha = dist.combined_digest(dist.gather_results({}, inp.digests)[1], keys,
+                                          len(inp.batches))  # fmt: skip
     elapsed = time.perf_counter() - start
     images = n * (1 + len(inp.cells)) * len(variants)
     facts = {
@@ -326,9 +363,10 @@ def evaluate(
         "params": cfg.params, "table": None if source else table_label(table),
         "corruption_source": source or "rws kernels",
         "kernels": {} if source else {c: kernel_fidelity(c, table) for c in cfg.corruptions},
-        "attack": list(cfg.attack), "eps": cfg.eps, "norm": cfg.norm, "batch_size": cfg.batch_size,
+        "attack": list(cfg.attack), "eps": cfg.eps, "norm": cfg.norm, "batch_size": cfg.seed_batch,
         "steps": {a: cfg.steps or ATTACKS.entry(a).info.get("steps") for a in cfg.attack},
         "device": dev.type, "amp": cfg.amp, "seed": cfg.seed, "baseline": base_info,
+        "runtime": _runtime_facts(rt, inp, cfg),
         "baseline_errors": errs, "inputs_sha256": inputs_sha, "inputs_seen_sha256": seen_sha,
         "warnings": warnings, "world_size": dist.rank_and_world()[1], "rws_version": __version__,
         "torch_version": torch.__version__, "config": cfg.to_dict(),

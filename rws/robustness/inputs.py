@@ -14,13 +14,22 @@ A *cell* is one (corruption, severity). Images are corrupted in global batches o
 - :func:`random_corruption` corrupts a training batch with one (corruption, severity) drawn from
   the training generator.
 - :class:`EvalInputs` holds an evaluation's clean images and its cached cells (kernels or released
-  CIFAR-10-C arrays) with the sha256 of every batch.
+  CIFAR-10-C arrays) with the sha256 of every batch. On a GPU it builds them in a background thread
+  on its own CUDA stream while the forwards run (:meth:`EvalInputs.build`, ``background=True``):
+  the cells come out in a fixed order, each cell's images released to the readers once all of its
+  batches are built; the images are the ones a synchronous build makes.
+
+Random draws happen on the generator's device. ``generator="device"`` (the default) seeds a
+generator on the device the kernels run on (a CUDA generator on a GPU: the draws are made there);
+``"cpu"`` seeds a CPU generator whatever the device (the same images on every device).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,9 +43,11 @@ from rws.io.hashing import tensor_sha256
 from rws.robustness import distributed as dist
 from rws.robustness.corruptions import corrupt, get_corruption
 from rws.runtime.checks import check_positive
-from rws.runtime.seed import derived_seed, generator
+from rws.runtime.device import pinned
+from rws.runtime.seed import GeneratorPlace, derived_seed, generator, generator_device
 
 Params = Literal["auto", "cifar", "imagenet", "imagecorruptions"]
+_PIN_LIMIT = 4 << 30  # clean images up to 4 GiB are pinned on a GPU run
 Cell = tuple[str, int]
 
 __all__ = [
@@ -62,13 +73,13 @@ def cell_seed(seed: int, corruption: str, severity: int, batch: int) -> int:
 
 def _cell_batch(
     x: torch.Tensor, cell: Cell, b: int, *, seed: int, batch_size: int, params: Params,
-    device: torch.device | None,
+    device: torch.device | None, place: GeneratorPlace = "device",
 ) -> torch.Tensor:  # fmt: skip
-    """Global batch ``b`` of ``x`` in ``cell``, uint8 on the CPU."""
+    """Global batch ``b`` of ``x`` in ``cell``, uint8 on the device the kernels ran on."""
     xb = x[b * batch_size : (b + 1) * batch_size]
-    g = generator(cell_seed(seed, *cell, b))
-    out = corrupt(xb if device is None else xb.to(device), *cell, params=params, generator=g)
-    return quantize(out).cpu()
+    xb = xb if device is None else xb.to(device, non_blocking=xb.is_pinned())
+    g = generator(cell_seed(seed, *cell, b), generator_device(place, xb.device))
+    return quantize(corrupt(xb, *cell, params=params, generator=g))
 
 
 def corrupt_cell(
@@ -82,6 +93,8 @@ def corrupt_cell(
     params: Params = "auto",
     device: torch.device | str | None = None,
     advance: Callable[[int], None] | None = None,
+    generator: GeneratorPlace = "device",
+    pin: bool = False,
 ) -> torch.Tensor:
     """The (corruption, severity) cell of ``x`` exactly as ``rws eval`` feeds it.
 
@@ -94,6 +107,10 @@ def corrupt_cell(
         params: the severity table (``"auto"`` picks by image size).
         device: where the kernels run (``x``'s device when None).
         advance: called with 1 after each batch (a progress bar).
+        generator: ``"device"``: each batch's generator lives where the kernels run (CUDA
+            draws on a GPU); ``"cpu"``: a CPU generator (the same images on any device).
+        pin: return the images in pinned host memory (for non-blocking copies to a GPU; needs
+            CUDA).
 
     Returns:
         uint8 images of those batches, concatenated, on the CPU.
@@ -104,14 +121,18 @@ def corrupt_cell(
         (torch.uint8, (5, 3, 32, 32))
     """
     dev = torch.device(device) if isinstance(device, str) else device
-    todo = range(-(-len(x) // batch_size)) if batches is None else batches
-    parts = []
-    for b in todo:
-        parts.append(_cell_batch(x, (corruption, severity), b, seed=seed, batch_size=batch_size,
-                                 params=params, device=dev))  # fmt: skip
+    todo = list(range(-(-len(x) // batch_size)) if batches is None else batches)
+    rows = [max(0, min((b + 1) * batch_size, len(x)) - b * batch_size) for b in todo]
+    out = torch.empty((sum(rows), *x.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+    at = 0
+    for b, k in zip(todo, rows, strict=True):
+        q = _cell_batch(x, (corruption, severity), b, seed=seed, batch_size=batch_size,
+                        params=params, device=dev, place=generator)  # fmt: skip
+        out[at : at + k].copy_(q)  # from a GPU: waits for the current stream only
+        at += k
         if advance is not None:
             advance(1)
-    return torch.cat(parts) if parts else torch.empty((0, *x.shape[1:]), dtype=torch.uint8)
+    return out
 
 
 def corrupted_inputs(
@@ -123,6 +144,7 @@ def corrupted_inputs(
     batch_size: int = 256,
     draws: Literal["eval", "train"] = "eval",
     params: Params = "auto",
+    generator: GeneratorPlace = "device",
 ) -> torch.Tensor:
     """A fixed corrupted copy of ``x``: example ``j`` in the ``j``-th (corruption, severity) cell in
     turn, so that every cell is represented evenly; the same for a seed.
@@ -138,6 +160,7 @@ def corrupted_inputs(
             seed and batch size) gives that example in its cell, dequantised (``/255``);
             ``"train"``: fine-tuning's validation copy (float, one generator).
         params: the severity table (``"eval"`` only; training uses ``"auto"``).
+        generator: where ``"eval"`` draws are made (:func:`corrupt_cell`); ``x``'s device here.
 
     Returns:
         A float tensor shaped like ``x`` (``x`` itself when there is nothing to corrupt).
@@ -163,7 +186,7 @@ def corrupted_inputs(
         for b in torch.unique(idx // batch_size).tolist():
             mine = idx[idx // batch_size == b]
             q = _cell_batch(x, cell, b, seed=seed, batch_size=batch_size, params=params,
-                            device=None)  # fmt: skip
+                            device=None, place=generator)  # fmt: skip
             out[mine] = q[mine - b * batch_size].to(out.device, out.dtype).div_(255.0)
     return out
 
@@ -196,7 +219,9 @@ def random_corruption(
 
 def _draw(g: torch.Generator, low: int, high: int) -> int:
     """An integer in [low, high] from ``g`` (nothing drawn when the range has one value)."""
-    return low if high == low else int(torch.randint(low, high + 1, (1,), generator=g))
+    if high == low:
+        return low
+    return int(torch.randint(low, high + 1, (1,), generator=g, device=g.device))
 
 
 @dataclass
@@ -212,6 +237,8 @@ class EvalInputs:
         cells: the (corruption, severity) cells.
         cache: cell → uint8 images of this rank's batches (filled by :meth:`build`).
         digests: ``"clean#b"`` / ``"name/severity#b"`` → sha256 of what batch ``b`` holds.
+        generator_device: where the kernels' draws were made (``"cpu"``, ``"cuda"``); None for
+            released arrays or before :meth:`build`.
     """
 
     x: torch.Tensor
@@ -222,6 +249,10 @@ class EvalInputs:
     cells: list[Cell]
     cache: dict[Cell, torch.Tensor] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
+    generator_device: str | None = None
+    _ready: dict[Cell, threading.Event] = field(default_factory=dict, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _error: BaseException | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def for_this_rank(
@@ -244,33 +275,105 @@ class EvalInputs:
         return self.x[a:z]
 
     def corrupted(self, cell: Cell, b: int) -> torch.Tensor:
-        """uint8 images of global batch ``b`` (one of this rank's) in ``cell``."""
+        """uint8 images of global batch ``b`` (one of this rank's) in ``cell``; during a
+        background build, waits until the cell is built.
+
+        Raises:
+            Whatever the background build raised.
+        """
+        ready = self._ready.get(cell)
+        if ready is not None and not ready.is_set():
+            ready.wait()
+        if cell not in self.cache and self._error is not None:
+            raise self._error
+        return self._batch(cell, b)
+
+    def images(self, cell: Cell | None, batches: range) -> torch.Tensor:
+        """Images of consecutive global batches (this rank's), as one view without a copy: clean
+        floats (``cell`` None) or the cell's uint8 images (waiting for the cell, as
+        :meth:`corrupted`)."""
+        a, z = self.batches[batches[0]][0], self.batches[batches[-1]][1]
+        if cell is None:
+            return self.x[a:z]
+        self.corrupted(cell, batches[0])
+        return self.cache[cell][a - self.offset : z - self.offset]
+
+    def _batch(self, cell: Cell, b: int) -> torch.Tensor:
         a, z = self.batches[b]
         return self.cache[cell][a - self.offset : z - self.offset]
 
     def build(
         self, *, seed: int, params: Params, source: str | os.PathLike | None,
-        device: torch.device, advance: Callable[[int], None],
+        device: torch.device, advance: Callable[[int], None], generator: GeneratorPlace = "device",
+        background: bool = False,
     ) -> None:  # fmt: skip
-        """Fill :attr:`cache` and :attr:`digests`: cells by the kernels (:func:`corrupt_cell`) or,
-        with ``source``, from released CIFAR-10-C arrays.
+        """Fill :attr:`cache` and :attr:`digests`: cells by the kernels (:func:`corrupt_cell`, the
+        draws on ``generator``'s device) or, with ``source``, from released CIFAR-10-C arrays.
+
+        With ``background``, the cells are built in a thread (on its own CUDA stream on a GPU)
+        and this returns at once: :meth:`corrupted` waits for its cell, :meth:`wait` for all. On a
+        GPU the images sit in pinned host memory, so copies to the device do not block.
 
         Raises:
             MalformedInputError: the arrays' labels differ. UsageError: their image size differs.
+            (From :meth:`wait` or :meth:`corrupted` when built in the background.)
         """
+        if self.x.numel() * self.x.element_size() <= _PIN_LIMIT:
+            self.x = pinned(self.x, device)
         for b in self.local:
             self.digests[f"clean#{b}"] = tensor_sha256(self.clean(b))
-        for c, s in self.cells:
-            if source is not None:
-                self.cache[(c, s)] = self._released((c, s), os.fspath(source))
-                advance(len(self.local))
-            else:
-                self.cache[(c, s)] = corrupt_cell(
-                    self.x, c, s, seed=seed, batch_size=self.batch_size, batches=self.local,
-                    params=params, device=device, advance=advance,
-                )  # fmt: skip
-            for b in self.local:
-                self.digests[f"{c}/{s}#{b}"] = tensor_sha256(self.corrupted((c, s), b))
+        if source is None:
+            self.generator_device = generator_device(generator, device).type
+        args = (seed, params, source, device, advance, generator)
+        if not background:
+            self._produce(*args)
+            return
+        self._ready = {cell: threading.Event() for cell in self.cells}
+        self._thread = threading.Thread(target=self._produce_guarded, args=args, daemon=True,
+                                        name="rws-corruptions")  # fmt: skip
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for a background :meth:`build` to finish.
+
+        Raises:
+            Whatever the background build raised.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def _produce_guarded(self, *args: object) -> None:
+        try:
+            self._produce(*args)  # type: ignore[arg-type]
+        except BaseException as e:  # handed to the readers (corrupted, wait)
+            self._error = e
+        finally:
+            for ready in self._ready.values():
+                ready.set()
+
+    def _produce(
+        self, seed: int, params: Params, source: str | os.PathLike | None, device: torch.device,
+        advance: Callable[[int], None], place: GeneratorPlace,
+    ) -> None:  # fmt: skip
+        cuda = device.type == "cuda"
+        stream = torch.cuda.Stream(device) if cuda else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for c, s in self.cells:
+                if source is not None:
+                    self.cache[(c, s)] = pinned(self._released((c, s), os.fspath(source)), device)
+                    advance(len(self.local))
+                else:
+                    self.cache[(c, s)] = corrupt_cell(
+                        self.x, c, s, seed=seed, batch_size=self.batch_size, batches=self.local,
+                        params=params, device=device, advance=advance, generator=place, pin=cuda,
+                    )  # fmt: skip
+                for b in self.local:
+                    self.digests[f"{c}/{s}#{b}"] = tensor_sha256(self._batch((c, s), b))
+                if (c, s) in self._ready:
+                    self._ready[(c, s)].set()
 
     def _released(self, cell: Cell, source: str) -> torch.Tensor:
         n = self.x.shape[0]

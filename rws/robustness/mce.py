@@ -50,7 +50,7 @@ def baseline_errors(
             raise InputFileError(source, "no such baseline report")
         try:
             baseline = Report.load_json(source)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # crafted JSON too
             raise MalformedInputError(source, f"not an rws evaluation report ({exc})") from None
     acc = baseline.base.corruptions
     missing = [f"{c}/{s}" for c, s in cells if s not in acc.get(c, {})]

@@ -59,7 +59,8 @@ class Report:
             steps, seed, device, the severity table that ran (``table``, e.g.
             ``"imagenet (make_imagenet_c.py)"``; None for corruptions read from files and older
             reports), the sha256 of the cached inputs (``inputs_sha256``) and of the inputs each
-            variant was fed (``inputs_seen_sha256``), warnings, versions; with
+            variant was fed (``inputs_seen_sha256``), how the forwards ran (``runtime``:
+            precision, generator device, forward batch …, docs/gpu.md), warnings, versions; with
             ``EvalConfig.checks`` (``rws eval --checks``) ``checks``: variant name → the measured
             convergence checks (:func:`rws.robustness.attacks.checks.convergence_checks`; absent
             in other reports).
@@ -213,7 +214,7 @@ def _report_table(report: Report) -> Any:
     if report.settings.get("table"):
         title += f"; corruption table {report.settings['table']}"
     table = Table(title=title)
-    table.add_column("metric")
+    table.add_column("metric", overflow="fold")  # folded, never cut with "…"
     for i, v in enumerate(report.variants):
         table.add_column(v.name, justify="right")
         if i:
@@ -227,9 +228,10 @@ def _report_table(report: Report) -> Any:
 
     vs = [v.vs_base or {} for v in report.variants]
     add("clean", [_pct(v.clean) for v in report.variants], [_change(d.get("clean")) for d in vs])
-    for c in report.base.corruptions:
+    for c, by_severity in report.base.corruptions.items():
+        sevs = list(by_severity)
         add(
-            c + " (mean sev.)",
+            f"{c} (severity {sevs[0]})" if len(sevs) == 1 else f"{c} (mean sev.)",
             [_pct(v.severity_mean(c)) for v in report.variants],
             [_change(d.get("corruptions", {}).get(c)) for d in vs],
         )

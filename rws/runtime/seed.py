@@ -6,8 +6,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
+
+from rws.errors import UsageError
+
+GeneratorPlace = Literal["cpu", "device"]
+GENERATOR_PLACES: tuple[GeneratorPlace, ...] = ("cpu", "device")
 
 
 def derived_seed(*parts: object) -> int:
@@ -20,6 +26,23 @@ def derived_seed(*parts: object) -> int:
 def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def generator_device(place: GeneratorPlace, device: str | torch.device) -> torch.device:
+    """Where the generator of a run on ``device`` lives: ``"cpu"`` always on the CPU (the same
+    draws whatever the device, for cross-device agreement), ``"device"`` on ``device`` itself (on a
+    GPU the draws are made there; reproducible for the same device type and seed).
+
+    Raises:
+        UsageError: ``place`` is neither ``"cpu"`` nor ``"device"``.
+
+    Example:
+        >>> generator_device("device", "cuda:1"), generator_device("cpu", "cuda:1")
+        (device(type='cuda', index=1), device(type='cpu'))
+    """
+    if place not in GENERATOR_PLACES:
+        raise UsageError(f"generator must be 'cpu' or 'device', not {place!r}")
+    return torch.device("cpu") if place == "cpu" else torch.device(device)
 
 
 @contextlib.contextmanager

@@ -109,6 +109,7 @@ def finetune(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``data.train``, corrupted on the fly as ``config`` says.
 
@@ -123,7 +124,9 @@ def finetune(
             epoch; if it already holds one from the same run, training continues from it (the
             same config, except that ``epochs`` may grow when the completed epochs' learning
             rates stay the same, and ``device``), with the same initial weights and data.
-        progress: a rich progress bar on stderr.
+        progress: a rich progress bar on stderr, one per epoch (closed before ``on_epoch``).
+        on_epoch: called with each finished epoch's statistics, as soon as it ends (a resumed
+            run's earlier epochs first).
 
     Returns:
         The final model (eval mode, on its original device) with per-epoch statistics.
@@ -142,7 +145,7 @@ def finetune(
         raise UsageError(f"dataset {data.name!r} has no training images")
     dev = resolve_device(config.device)
     with frozen_except(model, config.trainable), on_device(model, dev):
-        res = _finetune(model, data, config, dev, checkpoint_dir, progress)
+        res = _finetune(model, data, config, dev, checkpoint_dir, progress, on_epoch)
     res.model.eval()
     return res
 
@@ -172,6 +175,7 @@ def _finetune(
     dev: torch.device,
     checkpoint_dir: str | os.PathLike | None,
     progress: bool,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     opt = _make_optimizer(model, config)
     g = generator(config.seed)
@@ -190,17 +194,19 @@ def _finetune(
         if state_path.exists():
             history, best_state = _resume(model, opt, g, config, state_path, info)
     resumed = len(history)
+    if on_epoch is not None:
+        for h in history:  # a resumed run's earlier epochs
+            on_epoch(h)
     val_x = _val_inputs(data.val, config)
     n_batches = math.ceil(len(data.train) / config.batch_size)
     bs = max(config.batch_size, 256)
-    total = (config.epochs - resumed) * n_batches
-    with progress_bar("fine-tuning", total, enabled=progress) as advance:
-        for epoch in range(resumed, config.epochs):
+    for epoch in range(resumed, config.epochs):
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        with progress_bar(desc, n_batches, enabled=progress) as advance:
             start = time.perf_counter()
             lr = config.lr_at(epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            advance(0, description=f"epoch {epoch + 1}/{config.epochs}")
             loss, acc = _train_epoch(model, data.train, config, opt, g, dev, advance)
             val_clean = accuracy(model, data.val.x, data.val.y, bs, dev)
             if config.attack:
@@ -222,6 +228,8 @@ def _finetune(
                 state = TrainState(model.state_dict(), opt.state_dict(), g.get_state(), epoch + 1,
                                    extra, best_state)  # fmt: skip
                 save_train_state(state_path, state)
+        if on_epoch is not None:  # after the bar is gone: the row lands on stdout, not under it
+            on_epoch(history[-1])
     best = max(history, key=lambda h: -1.0 if math.isnan(h.val_acc) else h.val_acc)
     if config.keep_best and best_state is not None:
         model.load_state_dict(best_state)

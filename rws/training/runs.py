@@ -6,12 +6,13 @@ The file-level workflow behind ``rws finetune`` and ``rws advtrain``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from rws.data import load_dataset
 from rws.errors import OutputPathError
 from rws.io.checkpoint import check_output_path
 from rws.models import load_model
-from rws.training.config import TrainConfig, TrainResult
+from rws.training.config import EpochStats, TrainConfig, TrainResult
 from rws.training.loop import finetune
 from rws.training.weights import init_model, save_result
 
@@ -27,6 +28,7 @@ def train_to_file(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     """Train ``arch`` on ``data`` and write the weights to ``output`` (atomically).
 
@@ -40,6 +42,7 @@ def train_to_file(
             (:func:`rws.training.weights.save_result`).
         checkpoint_dir: checkpoint every epoch here; a rerun resumes.
         progress: a progress bar on stderr.
+        on_epoch: called with each finished epoch's statistics (:func:`finetune`).
 
     Returns:
         The run's result (final model, history, best epoch, resumed epochs).
@@ -60,7 +63,8 @@ def train_to_file(
         model = load_model(arch, weights, dataset.num_classes)
     else:
         model = init_model(arch, dataset.num_classes, seed=config.seed)
-    res = finetune(model, dataset, config, checkpoint_dir=checkpoint_dir, progress=progress)
+    res = finetune(model, dataset, config, checkpoint_dir=checkpoint_dir, progress=progress,
+                   on_epoch=on_epoch)  # fmt: skip
     save_result(output, res, arch=arch, data=dataset, source=weights,
                 init_seed=None if weights else config.seed)  # fmt: skip
     return res

@@ -49,7 +49,7 @@ def test_similarity_command(folders: dict[str, Path]) -> None:
 def test_identify_command(folders: dict[str, Path]) -> None:
     res = _run("identify", folders["query"], "--library", folders["lib"])
     assert res.exit_code == 0, res.output
-    assert "gaussian_noise (confidence" in res.output and "nearest: gaussian_noise-1" in res.output
+    assert "gaussian_noise (score " in res.output and "nearest: gaussian_noise-1" in res.output
     res = _run("identify", folders["query"], "--library", folders["lib"], "--method", "knn",
                "--json")  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.output)["corruption"] == "gaussian_noise"

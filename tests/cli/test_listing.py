@@ -49,8 +49,8 @@ def test_list_filters_by_glob_and_refuses_an_unknown_registry() -> None:
     code, out, err = run("list", "losses")
     assert code == 2 and out == ""
     assert err.strip() == (
-        "error: unknown registry 'losses'; choose one of: codecs, methods, models, attacks, "
-        "corruptions"
+        "error: unknown registry 'losses'; choose one of: attacks, codecs, corruptions, methods, "
+        "models"
     )
 
 

@@ -390,7 +390,7 @@ def test_stratified_holdout_is_seeded_disjoint_and_per_class() -> None:
 
 def test_dataset_specs() -> None:
     with pytest.raises(
-        UnknownNameError, match="unknown dataset 'imagenet:/x'; choose one of: digits"
+        UnknownNameError, match="unknown dataset 'imagenet:/x'; choose one of: cifar100:DIR, "
     ):
         load_dataset("imagenet:/x")
     with pytest.raises(UsageError, match="give a directory, as in cifar10:path/to/cifar10"):

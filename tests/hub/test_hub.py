@@ -8,7 +8,6 @@ import logging
 import re
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,55 +54,6 @@ def dead_endpoint() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-@pytest.fixture(autouse=True)
-def _hf_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A fresh Hugging Face cache and token file per test; no endpoint, token or offline setting."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-tokens"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    # The client's User-Agent code otherwise fetches an "agent harness" list from huggingface.co
-    # (its import-time endpoint, whatever endpoint= says): no traffic leaves the loopback.
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    for var in ("RWS_HF_ENDPOINT", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-
-
-@pytest.fixture()
-def files(tmp_path: Path) -> Path:
-    """The shipped clean model and two of its signatures, copied into a work folder."""
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("clean.safetensors", "fog.rws.safetensors", "contrast.rws.safetensors"):
-        shutil.copyfile(SIG / name, work / name)
-    return work
-
-
-@pytest.fixture(scope="module")
-def report() -> Report:
-    """A real (small) `rws eval` of the two signatures on the shipped clean model."""
-    from rws.models import create_model
-
-    model = create_model("resnet20")
-    model.load_state_dict(load_file(SIG / "clean.safetensors"))
-    patches = [rws.load(SIG / "fog.rws.safetensors"), rws.load(SIG / "contrast.rws.safetensors")]
-    return rws.evaluate(
-        model.eval(), "digits", corruptions=["fog", "contrast"], severities=[3], attack="pgd",
-        steps=1, patches=patches, n_examples=32, device="cpu", check_masking=False,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    pytest.importorskip("olah", reason="the loopback Hub needs olah (the hub-test extra)")
-    server = HubServer(tmp_path_factory.mktemp("hub")).start()
-    yield server
-    server.stop()
-
-
 # --- references ---------------------------------------------------------------------------------
 
 
@@ -140,6 +90,9 @@ def test_parse_ref(text: str, expected: HubRef) -> None:
         ("hf://org/fog@v1/p.safetensors@v2", "two revisions"),
         ("hf://org/fog/../p", "bad file path '../p'"),
         ("hf://org/fog/a//p", "bad file path 'a//p'"),
+        ("hf://org/fog/p@../../../../x/pwn.sh", "bad revision '../../../../x/pwn.sh'"),
+        ("hf://org/fog/p@./main", "bad revision './main'"),
+        ("hf://org/fog/p@/main", "bad revision '/main'"),
         ("hf://datasets/org/x", "model repos only"),
     ],
 )
@@ -189,28 +142,38 @@ def test_card_metadata_parses_as_the_hub_reads_it(report: Report) -> None:
     from huggingface_hub import ModelCard
 
     fog, con = rws.load(SIG / "fog.rws.safetensors"), rws.load(SIG / "contrast.rws.safetensors")
-    card = model_card(
-        [("fog.rws.safetensors", fog), ("con.safetensors", con)], "acme/digits", report=report
-    )
+    files = [("fog.rws.safetensors", fog), ("con.safetensors", con)]
+    card = model_card(files, "acme/digits", report=report, dataset="acme/digits-bench")
     meta = _front_matter(card)
-    assert meta["library_name"] == "rws"
+    assert meta["library_name"] == "rws" and meta["pipeline_tag"] == "image-classification"
     assert meta["tags"] == ["rws", "robustness", "fog", "contrast"]  # kind = method = rws
     assert "base_model" not in meta  # the shipped signatures were made from in-memory models
-    index = meta["model-index"]
-    assert [m["name"] for m in index] == ["digits (fog.rws-int8)", "digits (contrast.rws-int8)"]
+    assert meta["datasets"] == ["acme/digits-bench"] and "license" not in meta
+    [entry] = meta["model-index"]
+    assert entry["name"] == "digits"
     fog_v = report.variant("fog.rws-int8")
-    results = {
-        (r["dataset"].get("config"), r["metrics"][0]["name"]): r for r in index[0]["results"]
-    }
-    assert results[(None, "clean accuracy")]["metrics"][0]["value"] == round(fog_v.clean, 4)
-    fog_acc = results[("fog", "accuracy, mean over severities")]["metrics"][0]["value"]
-    assert fog_acc == round(fog_v.corruptions["fog"][3], 4)
-    assert results[("attack-pgd", "robust accuracy")]["metrics"][0]["value"] == round(
-        fog_v.robust["pgd"], 4
+    by = {}
+    for r in entry["results"]:
+        assert r["dataset"]["type"] == "acme/digits-bench" and r["dataset"]["split"] == "test"
+        for m in r["metrics"]:
+            by[(m["args"]["patch"], r["dataset"].get("config"), m["name"])] = (r, m)
+    assert {p for p, _, _ in by} == {"fog.rws.safetensors", "con.safetensors"}
+    r, m = by[("fog.rws.safetensors", None, "clean accuracy")]
+    assert (
+        m["value"] == round(fog_v.clean, 4) and m["args"]["fingerprint"] == fog.fingerprint()[:12]
     )
+    r, m = by[("fog.rws.safetensors", "fog", "accuracy, mean over severities")]
+    assert m["value"] == round(fog_v.corruptions["fog"][3], 4)
+    assert r["dataset"]["args"]["severities"] == [3] and "3" not in r["dataset"]["name"]
+    r, m = by[("fog.rws.safetensors", None, "robust accuracy (pgd)")]
+    assert m["value"] == round(fog_v.robust["pgd"], 4)
+    assert m["args"]["eps"] == report.settings["eps"] and m["args"]["attack"] == "pgd"
+    assert str(report.settings["eps"])[:5] not in r["dataset"]["name"]  # ε is an argument
     parsed = ModelCard(card)  # the client's own parser of model-index
     assert parsed.data.library_name == "rws" and len(parsed.data.eval_results) == 10
     assert {r.task_type for r in parsed.data.eval_results} == {"image-classification"}
+    # without a Hub dataset id there is no model-index (the body keeps the tables)
+    assert "model-index" not in _front_matter(model_card(files, "acme/digits", report=report))
     # body: the before/after table from the report and the commands to apply the patch
     base = report.base
     assert f"| clean | {100 * base.clean:.1f}% | {100 * fog_v.clean:.1f}% |" in card
@@ -220,8 +183,8 @@ def test_card_metadata_parses_as_the_hub_reads_it(report: Report) -> None:
     assert "| Δ | p (Holm) |" in card and clean_vs["p_holm"] >= clean_vs["p_value"]
     assert f"{100 * clean_vs['delta']:+.1f} pt | {clean_vs['p_holm']:.2g} |" in card
     assert "Wilcoxon signed-rank test on per-image mean correctness" in card
-    assert "rws apply base.safetensors hf://acme/digits/fog.rws.safetensors -o" in card
-    assert 'rws.load("hf://acme/digits/fog.rws.safetensors")' in card
+    assert "rws apply base.safetensors hf://acme/digits/con.safetensors -o" in card
+    assert 'rws.load("hf://acme/digits/con.safetensors")' in card
     assert "32 test examples of digits" in card and "seed 0" in card
 
 
@@ -233,6 +196,12 @@ def test_card_without_report_and_with_a_known_base(report: Report) -> None:
     fog = fog.replace(tags={**fog.tags, "base_model": "acme/small-cnn"})
     meta = _front_matter(model_card([("fog.rws.safetensors", fog)], "acme/fog"))
     assert meta["base_model"] == "acme/small-cnn" and meta["base_model_relation"] == "adapter"
+    meta = _front_matter(
+        model_card([("fog.rws.safetensors", fog)], "acme/fog", base_model="acme/r20", license="mit")
+    )
+    assert meta["base_model"] == ["acme/r20", "acme/small-cnn"] and meta["license"] == "mit"
+    with pytest.raises(HubReferenceError, match="expected a Hub dataset id"):
+        model_card([("fog.rws.safetensors", fog)], "acme/fog", dataset="hf://acme/d/x.json")
     # a report from local files names no local folder in the card
     d = report.to_dict()
     d["settings"]["data"] = "cifar10:/home/alice/data"
@@ -301,7 +270,8 @@ def test_push_pull_apply_round_trip(
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith(
-        "pushed fog.rws.safetensors, contrast.rws.safetensors, README.md to acme/round-trip@main"
+        "pushed fog.rws.safetensors, contrast.rws.safetensors, README.md, config.json to "
+        "acme/round-trip@main"
     )
     stored = hub.files("acme/round-trip")
     assert stored["fog.rws.safetensors"] == fog.read_bytes()
@@ -389,7 +359,7 @@ def test_hf_checkpoints_and_their_provenance(
     patch = patch.replace(tags={**patch.tags, "corruption": "fog"})  # pushed as it is now
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     name = f"{patch.fingerprint()[:12]}.rws.safetensors"
-    assert rws.push([patch], "acme/d").files == (name, "README.md")
+    assert rws.push([patch], "acme/d").files == (name, "README.md", "config.json")
     back = rws.load(f"hf://acme/d/{name}")
     assert back.tags == {"corruption": "fog"} and back.provenance["base"] == base
     assert back.fingerprint() == patch.fingerprint()
@@ -482,7 +452,7 @@ def test_tokens_never_leak(
         hub.endpoint,
     )
     assert code == 6 and "refused the request (HTTP 401" in one_error_line(err3)
-    assert "pushing fog.rws.safetensors, README.md to acme/secret@main" in caplog.text
+    assert "pushing fog.rws.safetensors, README.md, config.json to acme/secret@main" in caplog.text
     hosts = set(re.findall(r"connect_tcp\.started host='([^']+)'", caplog.text))
     assert hosts <= {"127.0.0.1"}  # every new connection stayed on the loopback
     names = {r.name.split(".")[0] for r in caplog.records}
@@ -493,3 +463,31 @@ def test_tokens_never_leak(
     assert written and not any(TOKEN.encode() in p.read_bytes() for p in written)
     assert not any(TOKEN.encode() in b for b in hub.files("acme/secret").values())
     assert not (tmp_path / "hf-token").exists()
+
+
+@pytest.mark.hub
+def test_downloads_are_verified_and_cache_write_errors_are_one_line(
+    hub: HubServer, files: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 17 items 6 and 13: a same-size flip in a cached blob is refused (exit 4, online and
+    offline); a cache folder that cannot be written is one line, not a traceback."""
+    from huggingface_hub import constants
+
+    hub.create("acme/flip", {"fog.rws.safetensors": (files / "fog.rws.safetensors").read_bytes()})
+    monkeypatch.setenv("RWS_HF_ENDPOINT", hub.endpoint)
+    ref = "hf://acme/flip/fog.rws.safetensors"
+    assert cli("inspect", ref)[0] == 0
+    local = Path(resolve_path(ref))
+    blob = local.resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    for offline in ("0", "1"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        code, _, err = cli("inspect", ref)
+        assert code == 4 and f"{local}: the cached copy of {ref}" in one_error_line(err)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "a-file" / "hub"))
+    code, _, err = cli("inspect", ref)
+    assert code == 1 and "cannot write the Hugging Face cache" in one_error_line(err)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from rws.errors import CheckpointError, InputFileError, UsageError
+from rws.errors import CheckpointError, InputFileError, InputKindError, UsageError
 from rws.io.safetensors_layout import CODE_DTYPES, dtype_code, nbytes, tensor_bytes
 from rws.io.safetensors_read import TensorFile, read_header
 from rws.io.safetensors_write import save_tensors
@@ -66,8 +68,13 @@ def test_inconsistent_headers_are_refused(
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError, match="cannot read"):
-        read_header(tmp_path)  # a folder
+    with pytest.raises(InputKindError, match="is a folder, not a regular file"):
+        read_header(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(InputKindError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        read_header(tmp_path / "pipe")  # refused before open(): it would block forever
+    with pytest.raises(InputFileError, match="no such file"):
+        read_header(tmp_path / "missing.safetensors")
 
 
 def test_layout_helpers() -> None:
@@ -89,3 +96,45 @@ def test_what_the_writer_writes_reads_back(tmp_path: Path) -> None:
     for k, v in tensors.items():
         assert tf.get(k).dtype == v.dtype and torch.equal(tf.get(k), v)
     tf.close()
+
+
+def _crafted(path: Path, header: str, data: bytes = b"") -> Path:
+    raw = header.encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ('{"a": %s, "a": %s}' % ((json.dumps(_entry("F32", [1], 0, 4)),) * 2), "duplicate key 'a'"),
+        ('{"a": {"dtype": "F32", "dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+         "duplicate key 'dtype'"),
+        ('{"a": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}}', "not a list of non-neg"),
+        ('{"a": {"dtype": "F32", "shape": [true], "data_offsets": [0, 4]}}', "not a list of non-neg"),
+        ('{"a": {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}}', "not a list of non-neg"),
+        ('{"a": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}', "1e400 is out of r"),
+        ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4e0]}}', "are not two non-neg"),
+        ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e400]}}', "out of range"),
+        ('{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', "not a list of non-neg"),
+        ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, NaN]}}', "NaN is not a JSON n"),
+        ('{"a": [' + "[" * 200_000 + "]" * 200_000 + "]}", "nested too deeply"),
+        ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}', "not valid JSON"),
+    ],
+)  # fmt: skip
+def test_crafted_headers_are_refused_in_one_line(tmp_path: Path, header: str, message: str) -> None:
+    """Issue 17 items 12 and 17: duplicate keys, dims that are not integers, huge numbers and
+    deep nesting are malformed input (exit 3), never a crash or a silent last-key-wins."""
+    path = _crafted(tmp_path / "bad.safetensors", header, bytes(4))
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_header(path)
+    assert info.value.exit_code == 3 and "\n" not in str(info.value)
+
+
+def test_a_header_of_many_empty_tensors_reads_in_linear_time(tmp_path: Path) -> None:
+    """20,000 empty tensors (a 1.2 MB header) read in well under a second (issue 17 item 17)."""
+    entries = {f"t{i}": _entry("F32", [0], 0, 0) for i in range(20_000)}
+    path = _raw(tmp_path / "empty.safetensors", entries, b"")
+    start = time.perf_counter()
+    header, _ = read_header(path)
+    assert len(header) == 20_000 and time.perf_counter() - start < 2.0

@@ -30,7 +30,7 @@ def test_roundtrip_error_is_recorded_and_bounded(codec: str) -> None:
     err = float((back - x).norm() / x.norm())
     assert back.dtype == torch.float32 and back.shape == x.shape
     assert err <= BOUNDS[codec]
-    assert enc.params["rel_error"] == pytest.approx(err, rel=1e-6, abs=1e-12)
+    assert enc.params["rel_error"] == pytest.approx(err, rel=5e-3, abs=1e-12)  # 3 digits kept
 
 
 @pytest.mark.parametrize("codec", codecs.list_codecs())
@@ -77,7 +77,7 @@ def test_int8_zero_block_and_smaller_blocks_are_more_accurate() -> None:
 def test_bad_blocksize_and_unknown_codec() -> None:
     with pytest.raises(UsageError, match="blocksize 48 must be a power of two"):
         codecs.encode("w", torch.ones(4), "int8", blocksize=48)
-    with pytest.raises(UnknownNameError, match="unknown codec 'int3'; choose one of: fp32"):
+    with pytest.raises(UnknownNameError, match="unknown codec 'int3'; choose one of: bf16, bnb8"):
         codecs.encode("w", torch.ones(4), "int3")
 
 
@@ -87,8 +87,8 @@ def test_corrupt_encoded_data_is_a_codec_error() -> None:
     with pytest.raises(CodecError, match="tensor 'w': int8 data holds 100 values / 1 scales"):
         codecs.decode("w", enc, (100,))
     enc2 = codecs.encode("w", torch.randn(100), "nf4")
-    enc2 = replace(enc2, tensors={k: v for k, v in enc2.tensors.items() if k != "state"})
-    with pytest.raises(CodecError, match="lacks stored tensor 'w::state'"):
+    enc2 = replace(enc2, tensors={k: v for k, v in enc2.tensors.items() if k != "q"})
+    with pytest.raises(CodecError, match="lacks stored tensor 'w::q'"):
         codecs.decode("w", enc2, (100,))
 
 
@@ -113,7 +113,7 @@ def test_list_codecs_filters_and_unknown_names_list_the_choices() -> None:
     assert codecs.list_codecs() == ["fp32", "fp16", "bf16", "int8", "bnb8", "nf4", "fp4"]
     assert codecs.list_codecs("fp*") == ["fp32", "fp16", "fp4"]
     assert codecs.list_codecs("int?") == ["int8"] and codecs.list_codecs("zz*") == []
-    with pytest.raises(UnknownNameError, match=r"^unknown codec 'int3'; choose one of: fp32, fp16"):
+    with pytest.raises(UnknownNameError, match=r"^unknown codec 'int3'; choose one of: bf16, "):
         codecs.get_codec("int3")
 
 

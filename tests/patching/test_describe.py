@@ -17,7 +17,8 @@ def _files(tmp_path: Path) -> tuple[Path, Path, rws.Patch]:
     base = {"a.weight": torch.randn(8, 4, generator=g), "a.bias": torch.randn(8, generator=g),
             "bn.num_batches_tracked": torch.tensor(3)}  # fmt: skip
     tuned = dict(base, **{"a.weight": base["a.weight"] + 0.1})
-    p = rws.extract(base, tuned, codec="int8", name="p", tags={"corruption": "fog"})
+    p = rws.extract(base, tuned, codec="int8", codec_map={"*": "int8"}, name="p",
+                    tags={"corruption": "fog"})  # fmt: skip
     save_tensors(tmp_path / "base.safetensors", base)
     p.save(tmp_path / "p.safetensors")
     return tmp_path / "base.safetensors", tmp_path / "p.safetensors", p

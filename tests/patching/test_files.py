@@ -227,9 +227,7 @@ def test_non_finite_results_are_refused_mid_stream(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match="tensor 'w': the patched result contains NaN or Inf"):
         rws.apply_file(tmp_path / "base.safetensors", [p * 10], tmp_path / "o.safetensors")
     with pytest.raises(NonFiniteError, match="tensor 'w': the delta of up contains NaN or Inf"):
-        rws.apply_file(
-            tmp_path / "base.safetensors", [p * float("inf")], tmp_path / "o.safetensors"
-        )
+        rws.apply_file(tmp_path / "base.safetensors", [p * 1e38], tmp_path / "o.safetensors")
     assert sorted(q.name for q in tmp_path.iterdir()) == ["base.safetensors"]
 
 
@@ -282,3 +280,55 @@ def test_a_failure_while_streaming_stops_every_thread_and_writes_nothing(
     with pytest.raises(RuntimeError, match="boom"):
         rws.apply_file(tmp_path / "base.safetensors", [p], tmp_path / "o.safetensors")
     assert sorted(q.name for q in tmp_path.iterdir()) == ["base.safetensors"]
+
+
+def test_a_streamed_base_in_another_dtype_is_named_or_recast(tmp_path: Path) -> None:
+    from rws.errors import BaseDtypeMismatchError
+
+    g = torch.Generator().manual_seed(8)
+    base = {"w": torch.randn(4096, generator=g).half().float()}  # fp32 holding fp16 values
+    p = rws.extract(base, {"w": base["w"] + 0.01}, codec="int8", name="p")
+    save_file({"w": base["w"].half()}, tmp_path / "half.safetensors")  # the same values
+    res = rws.apply_file(tmp_path / "half.safetensors", [p], tmp_path / "o.safetensors")
+    assert res.report.recast == ["w"] and res.report.exact == 1
+    save_file({"w": (base["w"] + 1).half()}, tmp_path / "other.safetensors")  # other values
+    with pytest.raises(
+        BaseDtypeMismatchError, match="base is float16, the patch was taken on float32"
+    ):
+        rws.apply_file(tmp_path / "other.safetensors", [p], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"scale": "2"}, "entry 1: 'scale' '2' is not a number"),
+        ({"scale": None}, "entry 1: 'scale' None is not a number"),
+        ({"sha256": 5}, "entry 1: no 'sha256' string"),
+        ({"name": None}, "entry 1: no 'name' string"),
+    ],
+)
+def test_an_edited_applied_stack_is_refused_before_writing(
+    tmp_path: Path, edit: dict, message: str
+) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    from rws.errors import CheckpointError
+
+    base = {"w": torch.randn(64, generator=torch.Generator().manual_seed(9))}
+    p = rws.extract(base, {"w": base["w"] + 0.5}, codec="fp32", name="p")
+    save_file(base, tmp_path / "base.safetensors")
+    rws.apply_file(tmp_path / "base.safetensors", [p], tmp_path / "a.safetensors")
+    with safe_open(tmp_path / "a.safetensors", "pt") as f:
+        meta = dict(f.metadata())
+    stack = json.loads(meta["rws.applied"])
+    stack[0].update(edit)
+    meta["rws.applied"] = json.dumps(stack)
+    save_file(load_file(tmp_path / "a.safetensors"), tmp_path / "e.safetensors", meta)
+    for call in (rws.apply_file, rws.remove_file):
+        with pytest.raises(CheckpointError, match=message) as err:
+            call(tmp_path / "e.safetensors", [p], tmp_path / "o.safetensors")
+        assert err.value.exit_code == 3 and "e.safetensors" in str(err.value)
+    assert not (tmp_path / "o.safetensors").exists()

@@ -100,7 +100,7 @@ def test_non_finite_delta_or_result_is_refused() -> None:
     with pytest.raises(NonFiniteError, match="tensor 'w': the patched result contains NaN or Inf"):
         rws.apply(target, p, force=True)
     with pytest.raises(NonFiniteError, match=r"tensor 'w': the delta of .* contains NaN or Inf"):
-        rws.apply({"w": torch.tensor([1.0, 2.0])}, p * float("inf"))
+        rws.apply({"w": torch.tensor([1.0, 2.0])}, p * 1e38)  # a finite scale, an infinite delta
     assert torch.equal(target["w"], torch.tensor([1.0, torch.finfo(torch.float32).max]))
 
 
@@ -121,3 +121,37 @@ def test_applying_never_mutates_the_patch(trained: Trained) -> None:
         rws.apply(_state(trained.clean), patch)
         rws.remove(_state(trained.tuned), patch)
         assert all(torch.equal(patch.delta(n), before[n]) for n in patch.names())
+
+
+def test_a_patch_without_base_fingerprints_needs_force() -> None:
+    from dataclasses import replace
+
+    from rws.errors import NoBaseFingerprintError
+
+    base = {"w": torch.tensor([1.0, 2.0]), "v": torch.tensor([3.0])}
+    p = rws.extract(base, {"w": torch.tensor([1.5, 2.0]), "v": torch.tensor([4.0])})
+    bare = p.replace(tensors={n: replace(t, base_sha256=None) for n, t in p.tensors.items()})
+    other = {"w": torch.tensor([7.0, 8.0]), "v": torch.tensor([9.0])}
+    with pytest.raises(NoBaseFingerprintError, match="records no base fingerprint"):
+        rws.apply(other, bare)
+    assert torch.equal(other["w"], torch.tensor([7.0, 8.0]))  # nothing changed
+    rep = rws.apply(other, bare, force=True)
+    assert (rep.checked, rep.exact, sorted(rep.unchecked)) == (0, 0, ["v", "w"])
+    assert torch.equal(other["w"], torch.tensor([7.5, 8.0]))
+    back = rws.remove(other, bare)
+    assert back.exact == 0 and sorted(back.unverified) == ["v", "w"]  # nothing to verify against
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_alpha_or_scale_is_a_usage_error(bad: float) -> None:
+    from rws.errors import UsageError
+
+    base = {"w": torch.tensor([1.0, 2.0])}
+    p = rws.extract(base, {"w": torch.tensor([1.5, 2.0])})
+    with pytest.raises(UsageError, match="not a finite number"):
+        p * bad
+    with pytest.raises(UsageError, match="is not finite"):
+        rws.apply(base, (p, bad))
+    with pytest.raises(UsageError, match="is not finite"):
+        rws.apply(base, p, scale=bad)
+    assert torch.equal(base["w"], torch.tensor([1.0, 2.0]))

@@ -1,4 +1,4 @@
-"""Fixed tensors (``"fixed": true``): full weight whatever α, mean under composition, format 2."""
+"""Fixed tensors (``"fixed": true``): full weight whatever α, mean under composition, format 2+."""
 
 from __future__ import annotations
 
@@ -96,29 +96,27 @@ def test_a_tensor_fixed_in_one_patch_and_scaled_in_another_is_refused() -> None:
         rws.apply({k: v.clone() for k, v in base.items()}, _patch(base, 1), scaled)
 
 
-def test_format_2_only_with_fixed_tensors_and_old_files_unchanged(tmp_path: Path) -> None:
+def test_fixed_tensors_are_marked_in_format_3_and_refused_in_format_1(tmp_path: Path) -> None:
     base = _base()
     p = _patch(base, 1)
     p.save(tmp_path / "fixed.safetensors")
     meta = _file(tmp_path, "fixed.safetensors")
-    assert meta["format"] == 2 and meta["tensors"]["bn.weight"]["fixed"] is True
+    assert meta["format"] == 3 and meta["tensors"]["bn.weight"]["fixed"] is True
     assert "fixed" not in meta["tensors"]["conv.weight"]
     back = rws.load(tmp_path / "fixed.safetensors")
     assert {n for n, t in back.tensors.items() if t.fixed} == {"bn.weight", "bn.running_var"}
     assert back.fingerprint() == p.fingerprint()
-    plain_tensors, _ = encode_deltas([("conv.weight", torch.ones(4, 3), base["conv.weight"])])
-    plain = Patch(tensors=plain_tensors)
-    plain.save(tmp_path / "plain.safetensors")
-    assert _file(tmp_path, "plain.safetensors")["format"] == 1  # what format 1 wrote
-    assert not any(t.fixed for t in rws.load(tmp_path / "plain.safetensors").tensors.values())
     unfixed = Patch(
         tensors={n: t.__class__(**{**t.__dict__, "fixed": False}) for n, t in p.tensors.items()}
     )
     assert unfixed.fingerprint() != p.fingerprint()  # the marker is part of the content
-    meta["format"] = 1  # a format-1 file cannot carry the marker
     with safe_open(tmp_path / "fixed.safetensors", "pt") as f:
         stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    save_file(stored, tmp_path / "bad.safetensors", {META_KEY: json.dumps(meta)})
+    old = {**meta, "format": 1, "tensors": {
+        n: {"shape": list(base[n].shape), "dtype": "float32", "codec": "fp32", "fixed": True}
+        for n in meta["tensors"]
+    }}  # fmt: skip
+    save_file(stored, tmp_path / "bad.safetensors", {META_KEY: json.dumps(old)})
     with pytest.raises(PatchFormatError, match="'fixed' needs format 2"):
         rws.load(tmp_path / "bad.safetensors")
     desc = rws.describe(tmp_path / "fixed.safetensors")

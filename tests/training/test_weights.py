@@ -38,8 +38,9 @@ def test_save_result_records_a_sharded_source(tiny, tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
     meta = save_result(out, result, arch="small-cnn", data=tiny,
                        source=folder)  # fmt: skip
-    digest = text_sha256("".join(file_sha256(folder / f) for f in sorted(shards)))
-    assert meta["source"]["sha256"] == digest  # sha256 of the shards' sha256s, sorted
+    files = sorted([*shards, "model.safetensors.index.json"])  # the index is part of the input
+    digest = text_sha256("".join(file_sha256(folder / f) for f in files))
+    assert meta["source"]["sha256"] == digest  # sha256 of the files' sha256s, sorted
     assert meta["history"] == [{"epoch": 1, "lr": 0.01, "train_loss": 1.0, "train_acc": 0.5,
                                 "val_acc": 0.4, "val_clean_acc": 0.6}]  # fmt: skip
     assert "resumed_epochs" not in meta and meta["data"] == "digits-tiny"

@@ -67,10 +67,11 @@ def random_noise(
 def loss_grad(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example loss ``(N,)``, logits ``(N, C)`` and input gradient of ``loss.sum()``."""
+    """Per-example loss ``(N,)``, logits ``(N, C)`` and input gradient of ``loss.sum()``, all
+    fp32 (under autocast the logits are cast up before the loss)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = model(x).float()
         loss = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), logits.detach(), grad.detach()
@@ -78,8 +79,8 @@ def loss_grad(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits without a graph."""
-    return model(x)
+    """fp32 logits without a graph."""
+    return model(x).float()
 
 
 def correct_mask(

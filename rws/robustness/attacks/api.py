@@ -1,4 +1,4 @@
-"""``attack()``: validate arguments, fix eval mode, fp32 and seeds, then run a registered attack."""
+"""``attack()``: validate arguments, fix eval mode, precision and seeds, then run a registered attack."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rws.robustness.attacks._core import predict
 from rws.robustness.attacks.registry import ATTACKS
 from rws.runtime.checks import check_positive
 from rws.runtime.modes import eval_mode
+from rws.runtime.precision import Precision, autocast, check_precision
 from rws.runtime.seed import generator as seeded_generator
 
 Norm = Literal["linf", "l2"]
@@ -106,11 +107,15 @@ def attack(
     step_size: float | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
     """Adversarial examples for ``model`` within the ε-ball around ``x`` (and inside [0, 1]).
 
-    The model runs in eval mode (each submodule's mode is restored afterwards) and in fp32 with
-    autocast off, on ``x``'s device. Without ``generator`` the random starts are seeded with 0.
+    The model runs in eval mode (each submodule's mode is restored afterwards), on ``x``'s
+    device, in fp32 with autocast off unless ``precision`` asks for bf16/fp16 autocast of its
+    forwards; losses, input gradients and the iterates stay fp32 either way. Without
+    ``generator`` the random starts are seeded with 0 on the CPU; random starts are drawn on the
+    generator's device.
 
     Args:
         model: Classifier returning logits; normalisation inside the model.
@@ -124,6 +129,7 @@ def attack(
         step_size: Step length (PGD, FGSM) or initial step (APGD, PMA); the attack's rule when None.
         generator: Seeded ``torch.Generator`` for the random starts (any device).
         batch_size: Attack in chunks of this many examples (all at once when None).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast of the model's forwards.
 
     Returns:
         ``x_adv``, float32, the shape of ``x``, on ``x``'s device.
@@ -145,6 +151,8 @@ def attack(
     eps_f = parse_eps(eps)
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    if norm == "linf" and eps_f > 1:  # images lie in [0, 1]
+        raise UsageError(f"eps {eps_f:g}: an L∞ radius must be in (0, 1], e.g. 8/255")
     check_positive("steps", steps, optional=True)
     check_positive("restarts", restarts, optional=False)
     check_positive("batch_size", batch_size, optional=True)
@@ -157,6 +165,7 @@ def attack(
         or step_size <= 0
     ):
         raise UsageError(f"step_size must be a positive finite number, got {step_size!r}")
+    check_precision(precision)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise UsageError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     _check_tensors(model, x, y)
@@ -168,7 +177,7 @@ def attack(
     gen = generator if generator is not None else seeded_generator(DEFAULT_SEED)
     chunk = batch_size or x.shape[0]
     step_size = None if step_size is None else float(step_size)
-    with eval_mode(model), torch.autocast(x.device.type, enabled=False):
+    with eval_mode(model), autocast(precision, x.device):
         _check_output(predict(model, x[:1]), y, method, entry.info.get("min_classes", 2))
         kw = dict(eps=eps_f, norm=norm, steps=steps, step_size=step_size, restarts=restarts)
         parts = [
