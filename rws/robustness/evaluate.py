@@ -44,7 +44,7 @@ from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
 from rws.robustness.stats import accuracy
 from rws.robustness.streaming import evaluate_stream, is_batch_stream
-from rws.robustness.summary import build_variant, versus_base
+from rws.robustness.summary import build_variant, patch_info, versus_base
 from rws.runtime.device import (
     channels_last,
     on_device,
@@ -186,14 +186,6 @@ def _vs_base(base: Variant, v: Variant, inp: Any, cfg: EvalConfig) -> dict[str, 
 # --- the entry point ----------------------------------------------------------------------------
 
 
-def _patch_info(item: PatchArg) -> tuple[str, dict[str, Any]]:
-    p, alpha = item if isinstance(item, tuple) else (item, None)
-    name = p.label + ("" if alpha is None else f"@{alpha:g}")
-    info = {"name": p.label, "alpha": 1.0 if alpha is None else float(alpha), "scale": p.scale,
-            "fingerprint": p.fingerprint(), "source": p.source}  # fmt: skip
-    return name, info
-
-
 def _test_split(data: DataArg) -> tuple[Split, str, str | None]:
     if isinstance(data, str):
         ds, source = resolve_data(data)
@@ -287,7 +279,7 @@ def evaluate(
         logger.info("amp is only used on CUDA; evaluating in fp32")
     cells = [(c, s) for c in cfg.corruptions for s in cfg.severities]
     inp = EvalInputs.for_this_rank(split.x[:n], split.y[:n], cells, batch_size=cfg.seed_batch)
-    items = [_patch_info(p) for p in patches]
+    items = [patch_info(p) for p in patches]
     errs, base_info = baseline_errors(baseline, inp.cells)
     show = progress and dist.is_main()
     # the older amp switch: bf16 CUDA forwards (fp16 where bf16 is unsupported) when fp32

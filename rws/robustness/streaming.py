@@ -34,7 +34,7 @@ from rws.robustness.config import EvalConfig
 from rws.robustness.corruptions import corrupt, kernel_fidelity, resolve_table, table_label
 from rws.robustness.inputs import cell_seed, quantize
 from rws.robustness.report import Report
-from rws.robustness.summary import build_variant, versus_base
+from rws.robustness.summary import build_variant, patch_info, versus_base
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.precision import autocast
@@ -78,13 +78,6 @@ def _batches(data: Iterable[Any], limit: int | None) -> Iterator[tuple[torch.Ten
             return
 
 
-def _label(item: PatchArg) -> tuple[str, dict[str, Any]]:
-    p, alpha = item if isinstance(item, tuple) else (item, None)
-    name = p.label + ("" if alpha is None else f"@{alpha:g}")
-    return name, {"name": p.label, "alpha": 1.0 if alpha is None else float(alpha),
-                  "scale": p.scale, "fingerprint": p.fingerprint(), "source": p.source}  # fmt: skip
-
-
 def evaluate_stream(
     model: nn.Module,
     data: Iterable[Any],
@@ -115,7 +108,7 @@ def evaluate_stream(
     cells = [(c, s) for c in cfg.corruptions for s in cfg.severities]
     plan: list[tuple[str, list[dict[str, Any]], PatchArg | None]] = [("base", [], None)]
     for item in patches:
-        label, info = _label(item)
+        label, info = patch_info(item)
         while label in {p[0] for p in plan}:
             label += "'"
         plan.append((label, [info], item))

@@ -11,11 +11,22 @@ from typing import Any
 
 import torch
 
+from rws.patching.patch import Patch
 from rws.robustness.stats import accuracy, add_holm, compare, compare_pooled
 from rws.robustness.variant import Variant
 from rws.runtime.seed import derived_seed
 
 Cell = tuple[str, int]
+
+
+def patch_info(item: Patch | tuple[Patch, float]) -> tuple[str, dict[str, Any]]:
+    """A patched variant's name (the patch label, ``@α`` when scaled) and its report entry
+    ``{"name", "alpha", "scale", "fingerprint", "source"}``."""
+    p, alpha = item if isinstance(item, tuple) else (item, None)
+    name = p.label + ("" if alpha is None else f"@{alpha:g}")
+    info = {"name": p.label, "alpha": 1.0 if alpha is None else float(alpha), "scale": p.scale,
+            "fingerprint": p.fingerprint(), "source": p.source}  # fmt: skip
+    return name, info
 
 
 def build_variant(
