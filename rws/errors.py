@@ -168,6 +168,19 @@ class BaseMismatchError(IntegrityError):
         )
 
 
+class WholeBaseMismatchError(IntegrityError):
+    """Every patched tensor matches its 64-bit fingerprint, yet the full sha256 of the whole base
+    the patch records does not: a fingerprint collision (crafted, or a corrupt manifest)."""
+
+    def __init__(self, where: str, patch: str, expected: str, found: str) -> None:
+        self.where, self.patch, self.expected, self.found = where, patch, expected, found
+        super().__init__(
+            f"{where}: the patched tensors match {patch}'s 64-bit fingerprints but not its whole-"
+            f"base sha256 ({found[:12]}… != {expected[:12]}…); pass --force (force=True) to apply "
+            "anyway"
+        )
+
+
 class BaseDtypeMismatchError(BaseMismatchError):
     """The target tensor is in another dtype than the base the patch was extracted against (and,
     where it was checked, differs from that base even cast back to the base's dtype)."""

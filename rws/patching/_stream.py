@@ -42,6 +42,7 @@ from rws.patching.ops import (
     PatchReport,
     check_base,
     check_target,
+    check_whole_base,
     group_by_tensor,
     non_finite,
     patch_tensor,
@@ -356,6 +357,8 @@ def stream(
                     else:
                         writer.set_metadata(applied_metadata(base_meta, stack))
                 done.result()
+                if not inverse:  # before the output is renamed in
+                    check_whole_base(where, (p for p, _ in items), patcher.report, force)
                 if strict and patcher.report.unverified:  # before the output is renamed in
                     raise UnverifiedError(where, patcher.report.unverified)
             except BaseException:

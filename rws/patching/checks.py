@@ -1,9 +1,11 @@
 """Checks around patch arithmetic: shapes and dtypes before, base fingerprints before applying
-(:func:`check_base`) and after removing (:func:`check_restored`), and the report that counts them."""
+(:func:`check_base`; the whole base's sha256: :func:`check_whole_base`) and after removing
+(:func:`check_restored`), and the report that counts them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +17,15 @@ from rws.errors import (
     IntegrityError,
     NoBaseFingerprintError,
     ShapeMismatchError,
+    WholeBaseMismatchError,
 )
 from rws.io.checkpoint import is_integer_dtype
 from rws.io.hashing import tensor_sha256
 from rws.patching.patch import Patch
-from rws.patching.tensor import fingerprint_matches
+from rws.patching.tensor import base_digest, fingerprint_matches
 from rws.patching.undo import TensorUndo, Undo
+
+logger = logging.getLogger(__name__)
 
 Parts = Sequence[tuple[Patch, float]]
 
@@ -40,6 +45,8 @@ class PatchReport:
     unchecked: list[str] = field(default_factory=list)  # no base fingerprint to compare with
     operating_point: dict[str, Any] | None = None  # rws.apply(scale="auto"): the search
     undo: Undo | None = None  # apply(undo=True): the bits rounding dropped, for an exact remove
+    # apply: the full sha256 of each tensor that matched its fingerprint in its own dtype
+    base_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def unverified(self) -> list[str]:
@@ -108,6 +115,8 @@ def check_base(
         report.exact += 1
         if recast:
             report.recast.append(name)
+        elif len(found) == 64:
+            report.base_sha256[name] = found
         return
     if not force:
         sha, base_dtype = bad[0]
@@ -115,6 +124,35 @@ def check_base(
             raise BaseDtypeMismatchError(where, name, sha, found, dtype=have, base_dtype=base_dtype)
         raise BaseMismatchError(where, name, sha, found)
     report.mismatched.append(name)
+
+
+def check_whole_base(
+    where: str, patches: Iterable[Patch], report: PatchReport, force: bool
+) -> None:
+    """Compare each patch's whole-base sha256 (format 3, ``base["sha256"]``) with the full sha256s
+    of the tensors that matched its per-tensor 64-bit fingerprints; checked when every tensor of
+    the patch matched in its own dtype (a recast or forced tensor leaves it unchecked).
+
+    Raises:
+        WholeBaseMismatchError: they differ (unless ``force``: then a warning in ``report``).
+    """
+    seen: set[str] = set()
+    for p in patches:
+        expected = p.base.get("sha256")
+        if not isinstance(expected, str) or p.fingerprint() in seen:
+            continue
+        seen.add(p.fingerprint())
+        names = p.names()
+        if not names or not all(n in report.base_sha256 for n in names):
+            continue
+        found = base_digest({n: report.base_sha256[n] for n in names})
+        if found == expected:
+            continue
+        err = WholeBaseMismatchError(where, p.label, expected, found)
+        if not force:
+            raise err
+        report.warnings.append(str(err))
+        logger.warning("%s", err)
 
 
 def require_fingerprints(where: str, plan: Mapping[str, Parts], force: bool) -> None:

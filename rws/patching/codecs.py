@@ -11,6 +11,8 @@ encoding.
   small values better: on real fine-tuning deltas (heavy-tailed within blocks) it beats ``int8``
   about 2-3× in error; on Gaussian data ``int8`` wins (``benchmarks/bench_size.py``).
 - ``nf4`` / ``fp4``: bitsandbytes 4-bit blockwise; the ``QuantState`` is stored packed as tensors.
+- ``ternary``: ``{-a, 0, +a}`` per element, the L2-optimal ``a`` per output channel, five codes a
+  byte (:mod:`rws.patching.codecs_ternary`).
 
 A delta may be sparsified first (:mod:`rws.patching.sparsify`): the codec then codes the ``k``
 kept values as a 1-D tensor and ``NAME::mask`` or ``NAME::gaps`` says where they go;
@@ -38,6 +40,7 @@ from rws.patching.codec_types import Encoded as Encoded
 from rws.patching.codec_types import numel as numel
 from rws.patching.codec_types import part as part
 from rws.patching.codecs_bnb import BnbEightBitCodec, BnbFourBitCodec
+from rws.patching.codecs_ternary import TernaryCodec
 from rws.registry import Registry
 
 DEFAULT_BLOCKSIZE = 64
@@ -180,6 +183,7 @@ CODECS.add("int8", Int8AbsmaxCodec(), summary="blockwise absmax int8 (torch)")
 CODECS.add("bnb8", BnbEightBitCodec(), summary="blockwise 8-bit dynamic map (bitsandbytes)")
 CODECS.add("nf4", BnbFourBitCodec("nf4"), summary="4-bit NormalFloat, blockwise (bitsandbytes)")
 CODECS.add("fp4", BnbFourBitCodec("fp4"), summary="4-bit float, blockwise (bitsandbytes)")
+CODECS.add("ternary", TernaryCodec(), summary="{-a, 0, +a}, a per output channel, 1.6 bits")
 
 
 def get_codec(name: str) -> Codec:

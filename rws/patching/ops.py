@@ -37,6 +37,7 @@ from rws.patching.checks import (
     check_restored,
     check_result,
     check_target,
+    check_whole_base,
     require_fingerprints,
 )
 from rws.patching.patch import Patch, as_items
@@ -45,6 +46,7 @@ from rws.patching.undo import TensorUndo, Undo, lost, undo_entry
 
 __all__ = [
     "PatchReport", "apply", "check_base", "check_restored", "check_result", "check_target",
+    "check_whole_base",
     "group_by_tensor", "non_finite", "patch_tensor", "patched", "remove", "require_fingerprints",
     "total_delta",
 ]  # fmt: skip
@@ -227,6 +229,8 @@ def _run(
             where, name, w, parts, report, force=force, clamp_var=clamp_var, inverse=inverse,
             undo=report.undo, correction=fixes.get(name),
         )  # fmt: skip
+    if not inverse:
+        check_whole_base(where, (p for p, _ in items), report, force)
     _assign(target, state, new)
     for name in report.mismatched:
         msg = f"tensor {name!r} differs from the patch's base fingerprint"

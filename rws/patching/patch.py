@@ -97,7 +97,13 @@ class Patch(HubMixin):
 
         Example:
             >>> p2 = patch.replace(scale=0.8, provenance={**patch.provenance, "alpha": 0.8})  # doctest: +SKIP
+
+        The whole base's sha256 (``base["sha256"]``) covers exactly the patch's tensors: a change
+        of the tensor set drops it (the per-tensor fingerprints still check each tensor).
         """
+        tensors = changes.get("tensors")
+        if tensors is not None and set(tensors) != set(self.tensors) and "base" not in changes:
+            changes["base"] = {k: v for k, v in self.base.items() if k != "sha256"}
         return dataclasses.replace(self, **changes)
 
     # --- contents -------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import torch
 from safetensors import safe_open
 
 import rws
-from rws.errors import BaseMismatchError, MalformedInputError, UsageError
+from rws.errors import BaseMismatchError, MalformedInputError, UsageError, WholeBaseMismatchError
 from rws.io.hashing import tensor_sha256
 from rws.io.safetensors_read import TensorFile
 from rws.io.safetensors_write import save_tensors
+from rws.models import create_model
 from rws.patching.format import META_KEY
 from rws.patching.tensor import base_digest, fingerprint_matches
 
@@ -137,3 +138,56 @@ def test_names_holding_the_separator_are_refused_at_extract(tmp_path: Path) -> N
         rws.extract(base, tuned)
     p = rws.extract(base, tuned, exclude=["a::*"])
     assert p.names() == ["c.weight"]
+
+
+def _digits_pair() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    base = {"a.weight": torch.randn(8, 4, generator=g), "b.weight": torch.randn(8, 8, generator=g)}
+    return base, {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+
+
+def test_the_whole_base_sha256_is_checked_at_apply(tmp_path: Path) -> None:
+    base, tuned = _digits_pair()
+    p = rws.extract(base, tuned, codec="int8")
+    shas = {n: tensor_sha256(base[n]) for n in base}
+    assert p.base["sha256"] == base_digest(shas)
+    sd = {k: v.clone() for k, v in base.items()}
+    assert rws.apply(sd, p).exact == 2  # the per-tensor and the whole-base check pass
+    # A manifest whose per-tensor 64-bit fingerprints match but whose whole-base sha256 does not
+    # (what a crafted 64-bit collision or a corrupt manifest looks like) is refused, file or not.
+    forged = p.replace(base={**p.base, "sha256": "ab" * 32})
+    with pytest.raises(WholeBaseMismatchError, match=r"match .*'s 64-bit fingerprints but not"):
+        rws.apply({k: v.clone() for k, v in base.items()}, forged)
+    report = rws.apply({k: v.clone() for k, v in base.items()}, forged, force=True)
+    assert any("whole-base sha256" in w for w in report.warnings)
+    save_tensors(tmp_path / "base.safetensors", base)
+    forged.save(tmp_path / "forged.safetensors")
+    with pytest.raises(WholeBaseMismatchError):
+        rws.apply_file(tmp_path / "base.safetensors", [rws.load(tmp_path / "forged.safetensors")],
+                       tmp_path / "out.safetensors")  # fmt: skip
+    assert not (tmp_path / "out.safetensors").exists()  # nothing written
+    rws.apply_file(tmp_path / "base.safetensors", [p], tmp_path / "out.safetensors")
+    assert (tmp_path / "out.safetensors").exists()
+
+
+def test_a_patch_cut_to_fewer_tensors_drops_the_whole_base_sha256() -> None:
+    base, tuned = _digits_pair()
+    p = rws.extract(base, tuned, codec="int8")
+    one = p.replace(tensors={"a.weight": p.tensors["a.weight"]})
+    assert "sha256" not in one.base and one.base["numel"] == p.base["numel"]
+    sd = {k: v.clone() for k, v in base.items()}
+    assert rws.apply(sd, one).exact == 1  # still checked per tensor
+    assert "sha256" in p.replace(scale=0.5).base  # same tensors: kept
+
+
+def test_a_one_layer_resnet18_patch_keeps_its_manifest_under_a_quarter(tmp_path: Path) -> None:
+    model = create_model("resnet18")
+    g = torch.Generator().manual_seed(0)
+    tuned = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}  # fmt: skip
+    tuned = {k: v.abs() + 0.5 if k.endswith("running_var") else v for k, v in tuned.items()}
+    p = rws.extract(model, tuned, codec="int8", shallow=1)
+    assert p.provenance["selection"]["order"] == {"source": "forward pass of ResNet", "count": 21}
+    p.save(tmp_path / "one.safetensors")
+    size, _, manifest = _sizes(tmp_path / "one.safetensors")
+    assert manifest <= 0.25 * size
