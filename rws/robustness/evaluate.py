@@ -44,7 +44,7 @@ from rws.robustness.mce import baseline_errors, mean_corruption_error
 from rws.robustness.report import Report, Variant
 from rws.robustness.stats import accuracy
 from rws.robustness.streaming import evaluate_stream, is_batch_stream
-from rws.robustness.summary import build_variant, patch_info, versus_base
+from rws.robustness.summary import build_variant, patch_info, unique_name, versus_base
 from rws.runtime.device import (
     channels_last,
     on_device,
@@ -314,10 +314,8 @@ def evaluate(
         plan += [(nm, [info], p) for (nm, info), p in zip(items, patches, strict=True)]
         plan += [(nm, [{"name": nm, "model": type(m).__name__}], m) for nm, m in models]
         used: set[str] = set()
-        for name, infos, item in plan:
-            while name in used:
-                name += "'"
-            used.add(name)
+        for label, infos, item in plan:
+            name = unique_name(label, used)
             whole = isinstance(item, nn.Module)  # a models=… variant: run it, patch nothing
             net = item if whole else model
             ctx = (

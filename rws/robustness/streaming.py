@@ -34,7 +34,7 @@ from rws.robustness.config import EvalConfig
 from rws.robustness.corruptions import corrupt, kernel_fidelity, resolve_table, table_label
 from rws.robustness.inputs import cell_seed, quantize
 from rws.robustness.report import Report
-from rws.robustness.summary import build_variant, patch_info, versus_base
+from rws.robustness.summary import build_variant, patch_info, unique_name, versus_base
 from rws.runtime.device import on_device, resolve_device
 from rws.runtime.modes import eval_mode
 from rws.runtime.precision import autocast
@@ -107,11 +107,10 @@ def evaluate_stream(
     cfg, dev = config, resolve_device(config.device)
     cells = [(c, s) for c in cfg.corruptions for s in cfg.severities]
     plan: list[tuple[str, list[dict[str, Any]], PatchArg | None]] = [("base", [], None)]
+    used = {"base"}
     for item in patches:
         label, info = patch_info(item)
-        while label in {p[0] for p in plan}:
-            label += "'"
-        plan.append((label, [info], item))
+        plan.append((unique_name(label, used), [info], item))
     res: dict[str, dict[str, list[torch.Tensor]]] = {p[0]: {} for p in plan}
     warnings: list[str] = []
     n, shape, first_batch, start = 0, None, None, time.perf_counter()

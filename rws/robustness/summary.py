@@ -19,6 +19,20 @@ from rws.runtime.seed import derived_seed
 Cell = tuple[str, int]
 
 
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, primed (``fog'``, ``fog''`` …) until it is not in ``used``; added to ``used``.
+
+    Example:
+        >>> used = {"base", "fog"}
+        >>> unique_name("fog", used), unique_name("fog", used), unique_name("snow", used)
+        ("fog'", "fog''", 'snow')
+    """
+    while name in used:
+        name += "'"
+    used.add(name)
+    return name
+
+
 def patch_info(item: Patch | tuple[Patch, float]) -> tuple[str, dict[str, Any]]:
     """A patched variant's name (the patch label, ``@α`` when scaled) and its report entry
     ``{"name", "alpha", "scale", "fingerprint", "source"}``."""

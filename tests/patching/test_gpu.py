@@ -10,7 +10,6 @@ device, and ``patched`` restores it bit for bit.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -19,15 +18,9 @@ from torch import nn
 import rws
 from rws.models import create_model
 from tests.conftest import within_one_rounding
+from tests.gpu_device import DEV, DEVICE, GPU_MARKS
 
-DEVICE = os.environ.get("RWS_GPU_TEST_DEVICE", "cuda")
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
-    ),
-]
-DEV = torch.device(DEVICE)
+pytestmark = GPU_MARKS
 
 
 @pytest.fixture(scope="module")

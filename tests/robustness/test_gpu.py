@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 
@@ -33,17 +32,11 @@ from rws.robustness.evaluate import evaluate
 from rws.robustness.inputs import corrupt_cell, quantize
 from rws.robustness.report import Report
 from rws.runtime.seed import generator
+from tests.gpu_device import DEV, DEVICE, GPU_MARKS
 from tests.robustness.conftest import photos
 from tests.robustness.test_gpu_path import fitted  # noqa: F401  (the tiny trained CNN)
 
-DEVICE = os.environ.get("RWS_GPU_TEST_DEVICE", "cuda")
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
-    ),
-]
-DEV = torch.device(DEVICE)
+pytestmark = GPU_MARKS
 ALL = (*CORRUPTIONS, *EXTRA_CORRUPTIONS)
 
 
