@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import doctest
 from dataclasses import FrozenInstanceError, replace
+from pathlib import Path
 
 import pytest
 import torch
 
+import rws
 from rws.errors import CodecError, UnknownNameError, UsageError
+from rws.io.safetensors_read import TensorFile
+from rws.io.safetensors_write import save_tensors
 from rws.patching import codecs
 
 # Relative reconstruction error bounds on a Gaussian tensor (REFERENCES.md measures ≈0.0095 for
@@ -189,3 +193,28 @@ def test_ternary_packing_roundtrips_and_rejects_bad_bytes() -> None:
     short = replace(enc, tensors={**enc.tensors, "scale": torch.zeros(2, dtype=torch.bfloat16)})
     with pytest.raises(CodecError, match="holds 2 code bytes / 2 scales"):
         codecs.decode("w", short, (10,))
+
+
+def test_a_ternary_patch_goes_through_file_apply_remove_and_compose(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(7)
+    base = {"conv.weight": torch.randn(8, 4, 3, 3, generator=g), "fc.weight": torch.randn(10, 32)}
+    tuned = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    p = rws.extract(base, tuned, codec="ternary")
+    assert {t.encoded.codec for t in p.tensors.values()} == {"ternary"}
+    p.save(tmp_path / "t.safetensors")
+    q = rws.load(tmp_path / "t.safetensors")
+    assert q.fingerprint() == p.fingerprint() and q.nbytes() == p.nbytes()
+    assert q.nbytes() == sum(-(-v.numel() // 5) + 2 * v.shape[0] for v in base.values())
+    save_tensors(tmp_path / "base.safetensors", base)
+    rws.apply_file(tmp_path / "base.safetensors", [q], tmp_path / "out.safetensors")
+    sd = {k: v.clone() for k, v in base.items()}
+    rws.apply(sd, q)
+    out = TensorFile(tmp_path / "out.safetensors")
+    assert all(torch.equal(out.get(k), sd[k]) for k in base)  # streamed == in memory
+    rws.remove_file(tmp_path / "out.safetensors", [q], tmp_path / "back.safetensors")
+    back = TensorFile(tmp_path / "back.safetensors")
+    assert all(torch.allclose(back.get(k), base[k], atol=1e-6) for k in base)
+    both = rws.compose([p, p * 0.5], codec="ternary")  # re-encoded: 1.5·δ's ternary form
+    assert both.tensors["fc.weight"].encoded.codec == "ternary"
+    want = 1.5 * p.delta("fc.weight")
+    assert torch.allclose(both.delta("fc.weight"), want, rtol=1e-2, atol=1e-6)
