@@ -80,6 +80,9 @@ def print_checkpoint(console: Console, d: Mapping[str, Any]) -> None:
         f"{size(d['file_bytes'])}"
     )
     console.print(Text.assemble(("checkpoint", "bold"), safe_text(head)))
+    if d.get("unwrapped"):
+        console.print(Text.assemble("weights reached by taking off: ",
+                                    safe_text(", ".join(d["unwrapped"]))))  # fmt: skip
     t = Table(_name("tensor"), "shape", "dtype")
     for r in d["tensors"][:MAX_ROWS]:  # a crafted header may list 200,000 (empty) tensors
         t.add_row(r["name"], _shape(r["shape"]), r["dtype"])

@@ -70,7 +70,8 @@ def describe_patch(patch: Patch) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Tensors, dtypes, sizes and the applied-patch stack of a checkpoint."""
+    """Tensors, dtypes, sizes, the applied-patch stack of a checkpoint, and what was unwrapped to
+    reach its weights (a training pickle's ``state_dict`` key, a ``module.`` prefix …)."""
     ck = open_checkpoint(path)
     tensors = []
     total = 0
@@ -83,6 +84,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         tensors.append({"name": name, "shape": list(shape), "dtype": str(dtype).split(".")[-1]})
     meta = dict(ck.metadata)
     stack = read_applied(meta, ck.path)
+    unwrapped = list(ck.unwrapped)
     ck.close()
     return {
         "type": "checkpoint",
@@ -91,6 +93,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "tensors_total": len(tensors),
         "numel": total,
         "applied": stack,
+        "unwrapped": unwrapped,  # what was taken off to reach the weights (wrapper keys, prefixes)
         "metadata": {k: v for k, v in meta.items() if not k.startswith("rws.")},
         "tensors": tensors,
     }

@@ -448,3 +448,13 @@ def test_bn_replace_all_and_alpha_mixed_recalibration(ws: Path, trained: Trained
         "--recalibrate-bn", "digits", "--arch", "small-cnn", "--bn-mix", "half",
     )  # fmt: skip
     assert code == 2 and "half" in err and "replace" in err and not (ws / "x.safetensors").exists()
+
+
+def test_inspect_says_what_was_unwrapped_to_reach_the_weights(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    torch.save({"epoch": 3, "state_dict": {"module.fc.weight": torch.ones(2, 2)}}, path)
+    code, out, _ = run("inspect", str(path))
+    assert code == 0 and "weights reached by taking off: key 'state_dict', prefix 'module.'" in out
+    assert "fc.weight" in out and "module.fc.weight" not in out
+    code, out, _ = run("inspect", str(path), "--json")
+    assert json.loads(out)["unwrapped"] == ["key 'state_dict'", "prefix 'module.'"]
