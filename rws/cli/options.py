@@ -151,7 +151,8 @@ CodecMapOpt = Annotated[
     typer.Option(
         "--codec-map",
         help="Per-glob codecs overriding --codec (small and 1-D tensors stay fp16/fp32 by "
-        "default), e.g. 'bn*=fp32,layer1.*=int8'; each glob must match a tensor.",
+        "default), e.g. 'bn*=fp32,layer1.*=int8'; each glob must match a tensor; ':small' "
+        "names every small tensor (':small=int8').",
         metavar="GLOB=CODEC,…",
     ),
 ]

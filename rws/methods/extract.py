@@ -260,7 +260,7 @@ def extract(
         layers = by_energy(layers, scores, energy)
     chosen = {n for layer in layers for n in layer.tensors} | fixed
     selected = [check_name(n) for n in names if n in chosen]
-    plan.check(selected)
+    plan.check(selected, {n: tuple(b.shape(n)) for n in selected})
     tensors, skipped = encode_deltas(
         ((n, delta_of(n), b.get(n)) for n in selected),
         codec=codec,

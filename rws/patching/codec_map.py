@@ -8,7 +8,9 @@ precision: ``fp16`` where the delta survives float16 within its unit roundoff (`
 (``codec="fp32"``) stays fp32 throughout. Small tensors are never sparsified.
 
 ``codec_map`` overrides per tensor: ``"bn*=fp32,layer1.*=int8"`` or ``{"bn*": "fp32"}``; the first
-glob that matches a name wins, and every glob must match some tensor of the patch. Even then a
+glob that matches a name wins, and every glob must match some tensor of the patch. The key
+``:small`` (:data:`SMALL_KEY`) matches the small tensors, whatever their names: ``":small=int8"``
+stores them in int8 instead of fp16/fp32. Even then a
 lossy codec on a running variance that would make it ``<= 0`` where the exact delta does not is
 replaced by fp32 (logged), so no codec produces an invalid BatchNorm state.
 """
@@ -30,6 +32,7 @@ from rws.patching.codecs import Encoded
 logger = logging.getLogger(__name__)
 
 SMALL_NUMEL = 256  # below this many elements, a tensor is kept in high precision
+SMALL_KEY = ":small"  # codec_map key: every small tensor (1-D, or below SMALL_NUMEL elements)
 KEEP = "keep"  # plan entry: fp16 where exact enough, else fp32
 LOSSLESS = "fp32"
 _FP16_REL = 2.0**-11  # float16's unit roundoff: the relative error of a normal number
@@ -89,20 +92,29 @@ class CodecPlan:
     def choose(self, name: str, shape: Sequence[int]) -> str:
         """The codec (or :data:`KEEP`) for tensor ``name``."""
         for glob, c in self.overrides:
-            if fnmatch.fnmatchcase(name, glob):
+            if is_small(shape) if glob == SMALL_KEY else fnmatch.fnmatchcase(name, glob):
                 return c
         if self.codec != LOSSLESS and is_small(shape):
             return KEEP
         return self.codec
 
-    def check(self, names: Sequence[str]) -> None:
-        """Every override glob matches one of ``names`` (the patch's tensors).
+    def check(
+        self, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
+    ) -> None:
+        """Every override glob matches one of ``names`` (the patch's tensors); :data:`SMALL_KEY`
+        matches one of ``shapes`` (not checked without them).
 
         Raises:
             UsageError: a glob that matches no tensor.
         """
         for glob, _ in self.overrides:
-            if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            if glob == SMALL_KEY:
+                if shapes is not None and not any(is_small(s) for s in shapes.values()):
+                    raise UsageError(
+                        f"--codec-map {SMALL_KEY!r} matches no tensor of the patch (none is 1-D "
+                        f"or below {SMALL_NUMEL} elements)"
+                    )
+            elif not any(fnmatch.fnmatchcase(n, glob) for n in names):
                 raise UsageError(f"--codec-map glob {glob!r} matches no tensor of the patch")
 
 

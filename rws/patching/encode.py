@@ -58,9 +58,9 @@ def encode_deltas(
         check_density(density)
     tensors: dict[str, TensorDelta] = {}
     skipped: list[str] = []
-    seen: list[str] = []
+    seen: dict[str, tuple[int, ...]] = {}
     for name, delta, base in deltas:
-        seen.append(check_name(name))
+        seen[check_name(name)] = tuple(base.shape)
         d32 = delta.detach().to(torch.float32)
         if not torch.isfinite(d32).all():
             raise NonFiniteError(name, "the delta")
@@ -86,7 +86,7 @@ def encode_deltas(
             base_l2=compact(float(base.detach().double().norm())),
             fixed=name in fixed,
         )
-    plan.check(seen)
+    plan.check(list(seen), seen)
     return tensors, skipped
 
 

@@ -328,7 +328,7 @@ def compose(
                             density=density, seed=seed)  # fmt: skip
         norm = compact(float(d.double().norm()))
         tensors[n] = dataclasses.replace(got[0][0], encoded=enc, delta_l2=norm)
-    plan.check(list(parts))
+    plan.check(list(parts), {n: tuple(got[0][0].shape) for n, got in parts.items()})
     sources = [
         {"name": p.label, "sha256": p.fingerprint(), "alpha": a, "scale": p.scale} for p, a in items
     ]

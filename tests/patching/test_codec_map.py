@@ -15,7 +15,7 @@ import rws
 from rws.cli import app
 from rws.errors import UnknownNameError, UsageError
 from rws.patching import codecs
-from rws.patching.codec_map import KEEP, CodecPlan, parse_codec_map
+from rws.patching.codec_map import KEEP, CodecPlan, is_small, parse_codec_map
 from rws.patching.encode import encode_deltas
 
 
@@ -130,3 +130,20 @@ def test_bad_compression_options_exit_2_and_write_nothing(
     assert len(lines) == 1
     assert re.search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors", "t.safetensors"]
+
+
+def test_the_small_key_maps_every_small_tensor_whatever_its_name() -> None:
+    base, tuned = _bn_pair()
+    p = rws.extract(base, tuned, codec="ternary", codec_map=":small=int8")
+    small = {n for n, t in p.tensors.items() if is_small(t.shape)}
+    var = "bn.running_var"  # int8 would take it <= 0: kept fp32 whatever the map says
+    assert {p.tensors[n].encoded.codec for n in small - {var}} == {"int8"}
+    assert p.tensors[var].encoded.codec == "fp32"
+    assert {t.encoded.codec for n, t in p.tensors.items() if n not in small} == {"ternary"}
+    first = rws.extract(base, tuned, codec="ternary", codec_map="*.running_var=fp32,:small=int8")
+    assert {t.encoded.codec for n, t in first.tensors.items() if n.endswith("running_var")} == {
+        "fp32"
+    }  # the first matching entry wins
+    big = {"w": torch.randn(32, 32)}
+    with pytest.raises(UsageError, match=r"':small' matches no tensor of the patch \(none is 1-D"):
+        rws.extract(big, {"w": big["w"] + 1}, codec="ternary", codec_map=":small=int8")
