@@ -26,6 +26,7 @@ from rws.patching.codec_types import Encoded, numel, part
 
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
 _DIGITS = 5
+_CHUNK = 1 << 22  # elements ternarised at once (about 150 MiB of sort buffers)
 
 
 def rows_of(shape: tuple[int, ...]) -> int:
@@ -68,8 +69,11 @@ class TernaryCodec:
         if rows.shape[1] == 0:
             empty = torch.zeros(0, dtype=torch.uint8)
             return Encoded(self.name, {"q": empty, "scale": torch.zeros(rows.shape[0]).bfloat16()})
-        t, a = ternarize(rows)
-        return Encoded(self.name, {"q": pack(t.reshape(-1)), "scale": a.to(torch.bfloat16)})
+        step = max(1, _CHUNK // rows.shape[1])  # rows at a time: the sort's int64 copies stay small
+        parts = [ternarize(rows[i : i + step]) for i in range(0, rows.shape[0], step)]
+        t = torch.cat([p[0] for p in parts]).reshape(-1)
+        a = torch.cat([p[1] for p in parts])
+        return Encoded(self.name, {"q": pack(t), "scale": a.to(torch.bfloat16)})
 
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
         q, scale = part(name, enc, "q"), part(name, enc, "scale")
