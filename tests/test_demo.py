@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,24 +23,11 @@ ARCH = CFG.arch
 EVAL = dataclasses.replace(CFG, severities=(3, 5), alphas=(0.5, 1.0))
 
 
-@contextmanager
-def _two_threads() -> Iterator[None]:
-    """Two intra-op threads: the demo trains 22 ResNet-20 epochs, 1.6× faster on two cores than
-    on the suite's one (conftest). Its numbers are compared with runs on the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rws.Report]:
     """`rws demo` with its default configuration (the one that made `signatures/`)."""
     out = tmp_path_factory.mktemp("demo")
-    with _two_threads():
-        return out, run_demo(out, EVAL).report
+    return out, run_demo(out, EVAL).report
 
 
 def _mean(v: rws.robustness.report.Variant, c: str) -> float:
@@ -90,8 +75,7 @@ def test_second_run_reuses_checkpoints_and_reproduces(demo: tuple[Path, rws.Repo
     # a subset of the corruptions, no search: every checkpoint it needs comes from the cache (a
     # robust model's seed depends on its corruption, not on its place in the list)
     cfg = dataclasses.replace(EVAL, corruptions=("fog",), search=False, alphas=(1.0,))
-    with _two_threads():
-        again = run_demo(out, cfg)
+    again = run_demo(out, cfg)
     assert sorted(again.cached) == ["clean.safetensors", "origin.safetensors",
                                     "robust-fog.safetensors"]  # fmt: skip
     for name in ("base", "fog.robust-model", "fog.rws", "fog.rws-int8"):

@@ -100,7 +100,9 @@ def test_every_attack_stays_in_ball_and_box(trained, method, norm):
     assert _acc(model, x_adv, y).sum() < _acc(model, x, y).sum()
 
 
-@pytest.mark.parametrize(("norm", "grid"), [("linf", [0.5, 1, 2, 4, 8]), ("l2", [0.1, 0.2, 0.4])])
+@pytest.mark.parametrize(
+    ("norm", "grid"), [("linf", [0.5, 1, 2, 4, 8]), ("l2", [0.1, 0.2, 0.4, 0.8])]
+)
 def test_robust_accuracy_falls_with_eps(trained, norm, grid):
     model, x, y = trained
     clean = int(_acc(model, x, y).sum())
