@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from rws.patching._readonly import ReadOnlyDict
 
 SEP = "::"
 
-__all__ = ["SEP", "Encoded", "numel", "part"]
+__all__ = ["SEP", "Encoded", "RangeDecoder", "numel", "part"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,17 @@ def numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+@dataclass
+class RangeDecoder:
+    """Decodes any run of a delta's flat elements into a caller's float32 buffer, bit for bit
+    what :func:`rws.patching.codecs.decode` gives for them, so a tensor can be patched in cache-sized runs.
+
+    ``decode_into(start, out)`` fills ``out`` (1-D) with elements ``start … start + len(out)``;
+    ``start`` must be a multiple of ``align``, and so must ``len(out)`` unless the run ends the
+    tensor.
+    """
+
+    align: int
+    decode_into: Callable[[int, torch.Tensor], None]

@@ -26,8 +26,6 @@ block size matters: int8, bnb8, nf4, fp4) and is looked up with :func:`get_codec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -37,6 +35,7 @@ from rws.errors import CodecError, UsageError
 from rws.patching import sparsify as sparse
 from rws.patching.codec_types import SEP as SEP
 from rws.patching.codec_types import Encoded as Encoded
+from rws.patching.codec_types import RangeDecoder as RangeDecoder
 from rws.patching.codec_types import numel as numel
 from rws.patching.codec_types import part as part
 from rws.patching.codecs_bnb import BnbEightBitCodec, BnbFourBitCodec
@@ -62,20 +61,6 @@ class Codec(Protocol):
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
         """A new float32 tensor of ``shape``; ``CodecError`` when ``enc`` is malformed."""
         ...
-
-
-@dataclass
-class RangeDecoder:
-    """Decodes any run of a delta's flat elements into a caller's float32 buffer, bit for bit
-    what :func:`decode` gives for them, so a tensor can be patched in cache-sized runs.
-
-    ``decode_into(start, out)`` fills ``out`` (1-D) with elements ``start … start + len(out)``;
-    ``start`` must be a multiple of ``align``, and so must ``len(out)`` unless the run ends the
-    tensor.
-    """
-
-    align: int
-    decode_into: Callable[[int, torch.Tensor], None]
 
 
 CODECS: Registry[Codec] = Registry("codec")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from rws.errors import CodecError
-from rws.patching.codec_types import Encoded, numel, part
+from rws.patching.codec_types import Encoded, RangeDecoder, numel, part
 
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
 _DIGITS = 5
@@ -76,6 +76,31 @@ class TernaryCodec:
         return Encoded(self.name, {"q": pack(t), "scale": a.to(torch.bfloat16)})
 
     def decode(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        q, scale = self._parts(name, enc, shape)
+        n, r = numel(shape), rows_of(shape)
+        if n == 0:
+            return torch.zeros(shape)
+        out = unpack(name, q, n).to(torch.float32).reshape(r, -1)
+        return out.mul_(scale[:, None]).reshape(shape)
+
+    def ranges(self, name: str, enc: Encoded, shape: tuple[int, ...]) -> RangeDecoder:
+        """Runs starting at a multiple of 5 (a byte's first code): ``t · a`` of each element's
+        row, the same single rounding as :meth:`decode`."""
+        q, scale = self._parts(name, enc, shape)
+        n, row = numel(shape), numel(shape) // rows_of(shape) if numel(shape) else 1
+
+        def decode_into(start: int, out: torch.Tensor) -> None:
+            k = out.numel()
+            t = unpack(name, q[start // _DIGITS : -(-(start + k) // _DIGITS)], k)
+            rows = torch.arange(start, start + k) // row
+            torch.mul(t.to(torch.float32), scale[rows], out=out)
+
+        return RangeDecoder(_DIGITS, decode_into) if n else RangeDecoder(1, lambda s, o: None)
+
+    def _parts(
+        self, name: str, enc: Encoded, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes (flat uint8) and the scales as float32, checked against ``shape``."""
         q, scale = part(name, enc, "q"), part(name, enc, "scale")
         n, r = numel(shape), rows_of(shape)
         if q.dtype != torch.uint8 or scale.dtype != torch.bfloat16:
@@ -84,9 +109,7 @@ class TernaryCodec:
             raise CodecError(
                 name, f"ternary data holds {q.numel()} code bytes / {scale.numel()} scales"
             )
-        t = unpack(name, q.reshape(-1), n)
-        out = t.to(torch.float32).reshape(r, -1)
-        return out.mul_(scale.to(torch.float32)[:, None]).reshape(shape)
+        return q.reshape(-1), scale.to(torch.float32)
 
 
 def pack(t: torch.Tensor) -> torch.Tensor:

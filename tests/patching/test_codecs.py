@@ -218,3 +218,16 @@ def test_a_ternary_patch_goes_through_file_apply_remove_and_compose(tmp_path: Pa
     assert both.tensors["fc.weight"].encoded.codec == "ternary"
     want = 1.5 * p.delta("fc.weight")
     assert torch.allclose(both.delta("fc.weight"), want, rtol=1e-2, atol=1e-6)
+
+
+def test_ternary_ranges_decode_any_run_bit_for_bit() -> None:
+    x = torch.randn(7, 3, 3, 3, generator=torch.Generator().manual_seed(8))  # rows of 27
+    enc = codecs.encode("w", x, "ternary")
+    whole = codecs.decode("w", enc, tuple(x.shape)).reshape(-1)
+    dec = codecs.range_decoder("w", enc, tuple(x.shape))
+    assert dec is not None and dec.align == 5
+    for run in (5, 10, 35, 185):  # runs that cross rows, and the tensor's last (partial) byte
+        out = torch.empty(whole.numel())
+        for start in range(0, whole.numel(), run):
+            dec.decode_into(start, out[start : start + run])
+        assert torch.equal(out, whole), run
