@@ -37,9 +37,11 @@ def render_apply(res: FileResult) -> None:
     for w in rep.warnings:
         err.print(f"warning: {w}", markup=False)
     unchecked = f", {len(rep.unchecked)} unchecked (no fingerprint)" if rep.unchecked else ""
+    n = rep.whole_base
+    whole = "" if not n else ", whole-base sha256 verified" + (f" for {n} patches" if n > 1 else "")
     out.print(
         f"wrote {res.output}: {rep.touched} tensors patched, base fingerprints "
-        f"{rep.exact}/{rep.checked} matched{unchecked}; applied stack: "
+        f"{rep.exact}/{rep.checked} matched{whole}{unchecked}; applied stack: "
         + ", ".join(f"{e['name']}:{e['scale']:g}" for e in res.stack),
         markup=False,
     )

@@ -47,6 +47,7 @@ class PatchReport:
     undo: Undo | None = None  # apply(undo=True): the bits rounding dropped, for an exact remove
     # apply: the full sha256 of each tensor that matched its fingerprint in its own dtype
     base_sha256: dict[str, str] = field(default_factory=dict)
+    whole_base: int = 0  # apply: patches whose whole-base sha256 was checked and matched
 
     @property
     def unverified(self) -> list[str]:
@@ -147,6 +148,7 @@ def check_whole_base(
             continue
         found = base_digest({n: report.base_sha256[n] for n in names})
         if found == expected:
+            report.whole_base += 1
             continue
         err = WholeBaseMismatchError(where, p.label, expected, found)
         if not force:

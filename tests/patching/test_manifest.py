@@ -152,7 +152,8 @@ def test_the_whole_base_sha256_is_checked_at_apply(tmp_path: Path) -> None:
     shas = {n: tensor_sha256(base[n]) for n in base}
     assert p.base["sha256"] == base_digest(shas)
     sd = {k: v.clone() for k, v in base.items()}
-    assert rws.apply(sd, p).exact == 2  # the per-tensor and the whole-base check pass
+    report = rws.apply(sd, p)
+    assert report.exact == 2 and report.whole_base == 1  # per tensor and whole base: both pass
     # A manifest whose per-tensor 64-bit fingerprints match but whose whole-base sha256 does not
     # (what a crafted 64-bit collision or a corrupt manifest looks like) is refused, file or not.
     forged = p.replace(base={**p.base, "sha256": "ab" * 32})
@@ -176,7 +177,8 @@ def test_a_patch_cut_to_fewer_tensors_drops_the_whole_base_sha256() -> None:
     one = p.replace(tensors={"a.weight": p.tensors["a.weight"]})
     assert "sha256" not in one.base and one.base["numel"] == p.base["numel"]
     sd = {k: v.clone() for k, v in base.items()}
-    assert rws.apply(sd, one).exact == 1  # still checked per tensor
+    report = rws.apply(sd, one)
+    assert report.exact == 1 and report.whole_base == 0  # still checked per tensor
     assert "sha256" in p.replace(scale=0.5).base  # same tensors: kept
 
 
