@@ -19,6 +19,10 @@ precision: 1-D and small tensors fp16/fp32) and is measured on the digits test s
 Then a ResNet-18-shaped size table (random heavy-tailed deltas, every float tensor; sizes only),
 the header's share of a one-layer int8 ResNet-18 patch and of the shipped int8 patches re-saved.
 
+Another built-in model: ``rws demo --arch small-cnn --out DIR --no-search`` then
+``python benchmarks/bench_frontier.py --demo DIR --arch small-cnn`` (the same grid on that demo's
+int8 signatures; its plot goes to ``DIR/compression-frontier.png``).
+
 Run: ``python benchmarks/bench_frontier.py`` (26 rows: 8 codecs × 3 sparsities and 2 with a codec
 map; 6.5 minutes on one thread of a quiet 2-core machine); writes
 ``docs/compression-frontier.png``.
@@ -26,6 +30,7 @@ map; 6.5 minutes on one thread of a quiet 2-core machine); writes
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import struct
@@ -78,20 +83,40 @@ def evaluate(model: torch.nn.Module, clean: tuple, corrupted: tuple) -> tuple[fl
     return accuracy(model, *clean), accuracy(model, *corrupted)
 
 
+def library(demo: Path | None, arch: str | None) -> tuple[Path, str, list[tuple[str, Path]]]:
+    """(clean checkpoint, arch, [(corruption, signature file)]): the shipped library, or the
+    output folder of ``rws demo --arch ARCH --out DIR``."""
+    if demo is None:
+        index = json.loads((LIBRARY / "index.json").read_text())
+        sigs = [(e["corruption"], LIBRARY / e["file"]) for e in index["signatures"]]
+        return LIBRARY / index["model"]["clean"], index["model"]["arch"], sigs
+    files = sorted((demo / "signatures").glob("*.rws.safetensors"))
+    sigs = [(f.name.removesuffix(".rws.safetensors"), f) for f in files]
+    return demo / "clean.safetensors", arch or "resnet20", sigs
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--demo", type=Path, help="an `rws demo --out DIR` folder instead of the shipped library"
+    )
+    ap.add_argument("--arch", help="with --demo: the demo's --arch (default resnet20)")
+    args = ap.parse_args()
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
-    index = json.loads((LIBRARY / "index.json").read_text())
-    clean_file = TensorFile(LIBRARY / index["model"]["clean"])
+    clean_path, arch, entries = library(args.demo, args.arch)
+    clean_file = TensorFile(clean_path)
     base = {k: clean_file.get(k) for k in clean_file}
-    model = create_model(index["model"]["arch"]).eval()
+    model = create_model(arch).eval()
     model.load_state_dict(base)
     model.requires_grad_(False)
+    print(f"{arch}: {clean_path}, signatures " + ", ".join(c for c, _ in entries))
     test = load_digits().test
     clean_xy = (test.x, test.y)
     sigs = {}
-    for e in index["signatures"]:
-        p = rws.load(LIBRARY / e["file"])
+    for corruption, file in entries:
+        e = {"corruption": corruption}
+        p = rws.load(file)
         g = torch.Generator().manual_seed(SEED)
         xs = torch.cat([corrupt(test.x, e["corruption"], s, generator=g) for s in SEVERITIES])
         ys = test.y.repeat(len(SEVERITIES))
@@ -165,13 +190,16 @@ def main() -> None:
               f"{best['bytes_per_param']:.3f} B/param ({4 / best['bytes_per_param']:.1f}x "
               f"smaller than fp32), {100 * best['retained']:.1f} % retained")  # fmt: skip
     print(f"refusals on the BatchNorm model: {sum(r['refused'] for r in rows)}")
-    plot(rows)
-    resnet18_table()
-    headers()
+    if args.demo is None:
+        plot(rows, PLOT, "ResNet-20 digits signatures")
+        resnet18_table()
+        headers()
+    else:
+        plot(rows, args.demo / "compression-frontier.png", f"{arch} digits signatures")
     print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], path: Path, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,16 +226,16 @@ def plot(rows: list[dict]) -> None:
     a1.axhline(95, color="grey", ls=":", lw=1)
     a1.set_ylabel("fp32 signature's corrupted-accuracy gain retained (%)")
     a2.set_ylabel("clean accuracy cost (points)")
-    a1.set_title("Gain kept per byte (ResNet-20 digits signatures)")
+    a1.set_title(f"Gain kept per byte ({label})")
     a2.set_title("Clean cost per byte")
     handles = [plt.Line2D([], [], ls="", marker="o", color=colors[c], label=c) for c in CODECS]
     names = {None: "dense", "map": "dense, :small=int8"}
     handles += [plt.Line2D([], [], ls="", marker=markers[k], color="k", label=names.get(k, k))
                 for k in markers]  # fmt: skip
     a1.legend(handles=handles, fontsize=8, ncol=2, title="codec / sparsity (size: density)")
-    PLOT.parent.mkdir(exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
-    print(f"wrote {PLOT}")
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def resnet18_table() -> None:
