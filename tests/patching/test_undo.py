@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import rws
 from rws.errors import MalformedInputError, UndoMismatchError, UnverifiedError
+from rws.patching.files import FileResult
 from rws.patching.patch import Patch, encode_deltas
 from rws.patching.undo import Undo, bits, undo_path
 
@@ -37,6 +38,17 @@ def _patch(base: dict[str, torch.Tensor], rel: float, codec: str, seed: int = 1)
         items.append((name, d * (rel * w.double().norm() / d.double().norm()).to(d.dtype), w))
     tensors, _ = encode_deltas(items, codec=codec)
     return Patch(tensors=tensors, name=f"rel{rel:g}")
+
+
+def _applied(tmp_path: Path, *, undo: bool) -> tuple[dict[str, torch.Tensor], Patch, FileResult]:
+    """An fp32 patch at ‖δ‖/‖w‖ = 1 applied to the float32 test model's file (``o.safetensors``)."""
+    base = _model(torch.float32)
+    save_file(base, tmp_path / "base.safetensors")
+    p = _patch(base, 1.0, "fp32")
+    res = rws.apply_file(
+        tmp_path / "base.safetensors", [p], tmp_path / "o.safetensors", undo=undo, clamp_var=True
+    )
+    return base, p, res
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -105,10 +117,7 @@ def test_streamed_file_undo_matches_memory_and_restores_every_bit(tmp_path: Path
 
 
 def test_remove_without_undo_is_honest_and_strict_writes_nothing(tmp_path: Path) -> None:
-    base = _model(torch.float32)
-    save_file(base, tmp_path / "base.safetensors")
-    p = _patch(base, 1.0, "fp32")
-    rws.apply_file(tmp_path / "base.safetensors", [p], tmp_path / "o.safetensors", clamp_var=True)
+    base, p, _ = _applied(tmp_path, undo=False)
     with pytest.raises(UnverifiedError, match=r"4 tensor\(s\) not verified bit-exact"):
         rws.remove_file(tmp_path / "o.safetensors", [p], tmp_path / "b.safetensors", strict=True)
     assert not (tmp_path / "b.safetensors").exists()
@@ -117,12 +126,7 @@ def test_remove_without_undo_is_honest_and_strict_writes_nothing(tmp_path: Path)
 
 
 def test_an_undo_file_for_other_patches_is_refused_or_skipped(tmp_path: Path) -> None:
-    base = _model(torch.float32)
-    save_file(base, tmp_path / "base.safetensors")
-    p = _patch(base, 1.0, "fp32")
-    one = rws.apply_file(
-        tmp_path / "base.safetensors", [p], tmp_path / "o.safetensors", undo=True, clamp_var=True
-    )
+    _, p, one = _applied(tmp_path, undo=True)
     half = rws.apply_file(tmp_path / "base.safetensors", [(p, 0.5)], tmp_path / "h.safetensors",
                           undo=True, clamp_var=True)  # fmt: skip
     with pytest.raises(UndoMismatchError, match=r"records rel1:0\.5, not rel1:1"):
@@ -133,12 +137,7 @@ def test_an_undo_file_for_other_patches_is_refused_or_skipped(tmp_path: Path) ->
 
 
 def test_malformed_undo_files_are_refused(tmp_path: Path) -> None:
-    base = _model(torch.float32)
-    save_file(base, tmp_path / "base.safetensors")
-    p = _patch(base, 1.0, "fp32")
-    res = rws.apply_file(
-        tmp_path / "base.safetensors", [p], tmp_path / "o.safetensors", undo=True, clamp_var=True
-    )
+    *_, res = _applied(tmp_path, undo=True)
     u = Undo.load(res.undo_path)
     t = u.tensors["a.weight"]
     t.index[0] = t.numel  # one past the end
