@@ -115,13 +115,12 @@ def main() -> None:
     clean_xy = (test.x, test.y)
     sigs = {}
     for corruption, file in entries:
-        e = {"corruption": corruption}
         p = rws.load(file)
         g = torch.Generator().manual_seed(SEED)
-        xs = torch.cat([corrupt(test.x, e["corruption"], s, generator=g) for s in SEVERITIES])
+        xs = torch.cat([corrupt(test.x, corruption, s, generator=g) for s in SEVERITIES])
         ys = test.y.repeat(len(SEVERITIES))
         ref = {n: p.delta(n, scaled=False) for n in p.names()}
-        sigs[e["corruption"]] = (p, ref, (xs, ys))
+        sigs[corruption] = (p, ref, (xs, ys))
     base_acc = {c: evaluate(model, clean_xy, s[2]) for c, s in sigs.items()}
 
     def measure(
@@ -271,11 +270,9 @@ def headers() -> None:
     print("\nheader share (safetensors header incl. manifest / rws manifest alone, of the file)")
     with tempfile.TemporaryDirectory() as tmp:
         cases = {"ResNet-18 one layer, int8": rws.extract(model, tuned, codec="int8", shallow=1)}
-        for e in json.loads((LIBRARY / "index.json").read_text())["signatures"]:
-            cases[f"library {e['corruption']}, int8 (format 1 as shipped)"] = LIBRARY / e["file"]
-            cases[f"library {e['corruption']}, int8 (re-saved, format 3)"] = rws.load(
-                LIBRARY / e["file"]
-            )
+        for corruption, file in library(None, None)[2]:
+            cases[f"library {corruption}, int8 (format 1 as shipped)"] = file
+            cases[f"library {corruption}, int8 (re-saved, format 3)"] = rws.load(file)
         for label, what in cases.items():
             path = what
             if isinstance(what, Patch):

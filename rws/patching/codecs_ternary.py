@@ -87,7 +87,7 @@ class TernaryCodec:
         """Runs starting at a multiple of 5 (a byte's first code): ``t · a`` of each element's
         row, the same single rounding as :meth:`decode`."""
         q, scale = self._parts(name, enc, shape)
-        n, row = numel(shape), numel(shape) // rows_of(shape) if numel(shape) else 1
+        row = max(1, numel(shape) // rows_of(shape))  # elements per scale
 
         def decode_into(start: int, out: torch.Tensor) -> None:
             k = out.numel()
@@ -95,7 +95,7 @@ class TernaryCodec:
             rows = torch.arange(start, start + k) // row
             torch.mul(t.to(torch.float32), scale[rows], out=out)
 
-        return RangeDecoder(_DIGITS, decode_into) if n else RangeDecoder(1, lambda s, o: None)
+        return RangeDecoder(_DIGITS, decode_into)
 
     def _parts(
         self, name: str, enc: Encoded, shape: tuple[int, ...]
