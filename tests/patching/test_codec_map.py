@@ -111,6 +111,7 @@ def test_tensors_no_codec_can_hold_are_usage_errors() -> None:
         (["--density", "0.5"], "--density 0.5 goes with --sparsify"),
         (["--codec-map", "zz*=fp32"], "--codec-map glob 'zz\\*' matches no tensor"),
         (["--codec-map", "conv*=int3"], "unknown codec 'int3'"),
+        (["--include", "conv.weight", "--codec-map", ":small=int8"], "':small' matches no tensor"),
         (["--include", "*num_batches_tracked"], "no tensor matches"),
     ],
 )

@@ -19,6 +19,7 @@ from rws.io.safetensors_write import save_tensors
 from rws.models import create_model
 from rws.patching.format import META_KEY
 from rws.patching.tensor import base_digest, fingerprint_matches
+from tests.conftest import run
 
 LIBRARY = Path(rws.__file__).resolve().parent / "_signatures"
 
@@ -167,6 +168,10 @@ def test_the_whole_base_sha256_is_checked_at_apply(tmp_path: Path) -> None:
         rws.apply_file(tmp_path / "base.safetensors", [rws.load(tmp_path / "forged.safetensors")],
                        tmp_path / "out.safetensors")  # fmt: skip
     assert not (tmp_path / "out.safetensors").exists()  # nothing written
+    code, _, err = run("apply", tmp_path / "base.safetensors", tmp_path / "forged.safetensors",
+                       "-o", tmp_path / "cli.safetensors")  # fmt: skip
+    assert code == 4 and err.count("\n") == 1 and "but not its whole-base sha256" in err
+    assert not (tmp_path / "cli.safetensors").exists()
     rws.apply_file(tmp_path / "base.safetensors", [p], tmp_path / "out.safetensors")
     assert (tmp_path / "out.safetensors").exists()
 
